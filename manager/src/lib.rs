@@ -1,0 +1,1 @@
+//! The per-node manager inside a pilot job: registers with the interchange, keeps workers warm.

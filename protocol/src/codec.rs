@@ -1,0 +1,28 @@
+//! The one encoding for Rust <-> Rust messages: MessagePack with named fields, so that a
+//! field added later is ignored by an older peer rather than shifting every position.
+
+use serde::{de::DeserializeOwned, Serialize};
+
+/// A frame that could not be decoded as the expected message. Peers log and drop these;
+/// they never panic on them.
+#[derive(Debug, thiserror::Error)]
+#[error("malformed frame ({len} bytes): {source}")]
+pub struct DecodeError {
+    len: usize,
+    #[source]
+    source: rmp_serde::decode::Error,
+}
+
+/// Encodes a message. Encoding our own types cannot fail (no maps with non-string keys,
+/// no unrepresentable values), so this returns the bytes directly.
+pub fn encode<T: Serialize>(message: &T) -> Vec<u8> {
+    rmp_serde::to_vec_named(message).expect("protocol messages always encode")
+}
+
+/// Decodes a message received from another process.
+pub fn decode<T: DeserializeOwned>(frame: &[u8]) -> Result<T, DecodeError> {
+    rmp_serde::from_slice(frame).map_err(|source| DecodeError {
+        len: frame.len(),
+        source,
+    })
+}

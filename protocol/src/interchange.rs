@@ -1,0 +1,101 @@
+//! Interchange <-> manager messages. The interchange binds a ZeroMQ ROUTER; each manager
+//! connects a DEALER and sends one MessagePack-encoded message per ZeroMQ message (a
+//! single frame on the DEALER side; the ROUTER sees the manager's identity frame first).
+//!
+//! Capacity is implicit: the interchange knows how many workers a manager has and how
+//! many tasks it holds, and sends at most `workers + prefetch` outstanding tasks.
+
+use crate::ids::{BlockId, ManagerId};
+use crate::task::{TaskResult, TaskSpec};
+use serde::{Deserialize, Serialize};
+
+/// Manager -> interchange.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum ManagerMessage {
+    /// First message. A manager that gets no `Registered` in time gives up.
+    Register(Registration),
+    /// Sent every heartbeat period while idle; any message counts as a heartbeat.
+    Heartbeat { busy_workers: u32 },
+    /// Finished tasks, in batches.
+    Results { results: Vec<TaskResult> },
+    /// The manager stops taking work (walltime near, or asked to drain) and will say
+    /// `Bye` once its tasks are done.
+    Draining,
+    /// The manager is exiting; it holds no tasks.
+    Bye,
+}
+
+/// What a manager says about itself when it connects.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Registration {
+    pub protocol_version: u32,
+    pub manager_id: ManagerId,
+    pub block_id: BlockId,
+    /// The batch job id the manager runs under (`SLURM_JOB_ID`, `PBS_JOBID`, ...), or the
+    /// pilot's pid for the local provider.
+    pub job_id: Option<String>,
+    pub host: String,
+    pub workers: u32,
+    pub cores: u32,
+    pub memory_bytes: u64,
+    /// The endpoint's secret, proving the manager belongs to this endpoint.
+    pub secret: String,
+}
+
+/// Interchange -> manager.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum InterchangeMessage {
+    Registered {
+        heartbeat_period_ms: u64,
+        heartbeat_threshold_ms: u64,
+    },
+    /// Registration refused; the manager exits with this reason.
+    Rejected { reason: String },
+    Tasks { tasks: Vec<TaskSpec> },
+    Heartbeat,
+    /// Stop taking work, finish what you hold, then say `Bye` and exit.
+    Drain,
+    /// Exit now (the endpoint is stopping).
+    Shutdown,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::{FunctionId, TaskId};
+    use crate::task::FunctionSpec;
+    use crate::{decode, encode};
+    use bytes::Bytes;
+
+    #[test]
+    fn tasks_round_trip_and_payload_stays_bytes() {
+        let payload = Bytes::from_static(b"{\"args\": [1], \"kwargs\": {}}");
+        let message = InterchangeMessage::Tasks {
+            tasks: vec![TaskSpec {
+                task_id: TaskId::new(),
+                function: FunctionSpec {
+                    id: FunctionId::new(),
+                    hash: "abc".into(),
+                    name: "f".into(),
+                    source: Bytes::from_static(b"def f(x): return x"),
+                },
+                payload: payload.clone(),
+                walltime_ms: Some(1000),
+                retries: 0,
+            }],
+        };
+        let frame = encode(&message);
+        // The payload is carried as a MessagePack bin, verbatim.
+        assert!(frame.windows(payload.len()).any(|w| w == payload.as_ref()));
+        assert_eq!(decode::<InterchangeMessage>(&frame).unwrap(), message);
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        for frame in [&b""[..], b"\xff\xff", b"\x81\xa4type\xa3bad"] {
+            assert!(decode::<ManagerMessage>(frame).is_err());
+        }
+    }
+}
