@@ -1,0 +1,566 @@
+//! The interchange: a ZeroMQ ROUTER that managers connect to. It keeps the queue of
+//! tasks waiting for a worker, dispatches them in batches by each manager's free
+//! capacity (workers + prefetch - outstanding), tracks heartbeats, and turns a lost
+//! manager's tasks into retries or failures.
+//!
+//! It runs on its own thread (ZeroMQ sockets are not async). The agent talks to it
+//! through an [`InterchangeHandle`]: commands go in over a channel plus an inproc wake-up
+//! socket, events come out on a tokio channel.
+
+use scifaas_protocol::interchange::{InterchangeMessage, ManagerMessage, Registration};
+use scifaas_protocol::link::ManagerStatus;
+use scifaas_protocol::time::{now_micros, Micros};
+use scifaas_protocol::{
+    decode, encode, Actor, ErrorKind, TaskError, TaskId, TaskResult, TaskSpec, TaskState,
+    Transition, PROTOCOL_VERSION,
+};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{mpsc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc::UnboundedSender;
+
+/// How the interchange is set up; from the endpoint config's `engine` section.
+#[derive(Clone, Debug)]
+pub struct InterchangeConfig {
+    /// Address to bind, e.g. `127.0.0.1`.
+    pub bind_address: String,
+    /// Ports to try, in order; `None` lets the kernel choose.
+    pub port_range: Option<(u16, u16)>,
+    /// The endpoint's secret, which managers must present.
+    pub secret: String,
+    pub heartbeat_period: Duration,
+    pub heartbeat_threshold: Duration,
+    /// Tasks a manager may hold beyond its worker count.
+    pub prefetch: u32,
+    /// How often a task lost with its manager is run again before it fails.
+    pub max_retries_on_system_failure: u32,
+}
+
+/// Requests from the agent.
+enum Command {
+    Submit(Vec<(TaskSpec, Micros)>),
+    DrainBlock(String),
+    Shutdown,
+}
+
+/// What the interchange reports to the agent.
+#[derive(Debug)]
+pub enum InterchangeEvent {
+    /// Finished tasks, with the interchange's transitions prepended.
+    Results(Vec<TaskResult>),
+    ManagerRegistered {
+        block_id: String,
+        job_id: Option<String>,
+        manager_id: String,
+    },
+    /// A manager said goodbye (`clean`) or went silent past the heartbeat threshold.
+    ManagerGone {
+        block_id: String,
+        manager_id: String,
+        clean: bool,
+    },
+    /// A periodic snapshot.
+    Status(InterchangeStatus),
+}
+
+/// Snapshot of the interchange, for scaling and for the endpoint's status.
+#[derive(Clone, Debug, Default)]
+pub struct InterchangeStatus {
+    /// Tasks waiting in the interchange for a manager slot.
+    pub queued: usize,
+    /// Tasks held by managers.
+    pub dispatched: usize,
+    pub managers: Vec<ManagerStatus>,
+}
+
+/// The agent's side of the interchange thread.
+pub struct InterchangeHandle {
+    commands: mpsc::Sender<Command>,
+    wake: Mutex<zmq::Socket>,
+    /// The address managers connect to (`tcp://host:port`).
+    pub url: String,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl InterchangeHandle {
+    /// Queues tasks; `accepted_at` is when the agent journaled them.
+    pub fn submit(&self, tasks: Vec<TaskSpec>, accepted_at: Micros) {
+        if tasks.is_empty() {
+            return;
+        }
+        let tasks = tasks.into_iter().map(|t| (t, accepted_at)).collect();
+        self.send(Command::Submit(tasks));
+    }
+
+    /// Asks every manager of a block to finish its tasks and exit.
+    pub fn drain_block(&self, block_id: &str) {
+        self.send(Command::DrainBlock(block_id.to_owned()));
+    }
+
+    /// Tells managers to exit and stops the thread.
+    pub fn shutdown(mut self) {
+        self.send(Command::Shutdown);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+
+    fn send(&self, command: Command) {
+        if self.commands.send(command).is_ok() {
+            if let Ok(wake) = self.wake.lock() {
+                let _ = wake.send(&[][..], zmq::DONTWAIT);
+            }
+        }
+    }
+}
+
+/// Binds the interchange and starts its thread.
+pub fn start(
+    config: InterchangeConfig,
+    events: UnboundedSender<InterchangeEvent>,
+) -> anyhow::Result<InterchangeHandle> {
+    let context = zmq::Context::new();
+    let router = context.socket(zmq::ROUTER)?;
+    router.set_router_mandatory(false)?;
+    router.set_linger(500)?;
+    let url = bind(&router, &config)?;
+    let wake_addr = "inproc://interchange-wake";
+    let wake_rx = context.socket(zmq::PULL)?;
+    wake_rx.bind(wake_addr)?;
+    let wake_tx = context.socket(zmq::PUSH)?;
+    wake_tx.connect(wake_addr)?;
+    let (commands_tx, commands_rx) = mpsc::channel();
+    let mut interchange = Interchange {
+        config,
+        router,
+        queue: VecDeque::new(),
+        managers: HashMap::new(),
+        events,
+        last_status: Instant::now() - Duration::from_secs(3600),
+    };
+    let thread = std::thread::Builder::new()
+        .name("interchange".into())
+        .spawn(move || {
+            let _context = context;
+            interchange.serve(&wake_rx, &commands_rx);
+        })?;
+    Ok(InterchangeHandle {
+        commands: commands_tx,
+        wake: Mutex::new(wake_tx),
+        url,
+        thread: Some(thread),
+    })
+}
+
+fn bind(router: &zmq::Socket, config: &InterchangeConfig) -> anyhow::Result<String> {
+    let host = &config.bind_address;
+    match config.port_range {
+        None => {
+            router.bind(&format!("tcp://{host}:*"))?;
+            let endpoint = router
+                .get_last_endpoint()?
+                .map_err(|_| anyhow::anyhow!("ZeroMQ returned a non-UTF-8 endpoint"))?;
+            Ok(endpoint)
+        }
+        Some((lo, hi)) => {
+            for port in lo..=hi {
+                let url = format!("tcp://{host}:{port}");
+                if router.bind(&url).is_ok() {
+                    return Ok(url);
+                }
+            }
+            anyhow::bail!("no free port for the interchange on {host} in {lo}..={hi}")
+        }
+    }
+}
+
+/// A task sent to a manager, kept until its result returns (to retry it if the
+/// manager is lost).
+struct Dispatched {
+    spec: TaskSpec,
+    accepted_at: Micros,
+    dispatched_at: Micros,
+}
+
+struct Manager {
+    registration: Registration,
+    outstanding: HashMap<TaskId, Dispatched>,
+    busy_workers: u32,
+    last_heard: Instant,
+    last_sent: Instant,
+    draining: bool,
+}
+
+impl Manager {
+    fn free_capacity(&self, prefetch: u32) -> usize {
+        if self.draining {
+            return 0;
+        }
+        (self.registration.workers + prefetch).saturating_sub(self.outstanding.len() as u32)
+            as usize
+    }
+}
+
+struct Interchange {
+    config: InterchangeConfig,
+    router: zmq::Socket,
+    queue: VecDeque<(TaskSpec, Micros)>,
+    /// Keyed by the manager's ZeroMQ identity.
+    managers: HashMap<Vec<u8>, Manager>,
+    events: UnboundedSender<InterchangeEvent>,
+    last_status: Instant,
+}
+
+/// How often the interchange reports a status snapshot.
+const STATUS_PERIOD: Duration = Duration::from_millis(500);
+
+impl Interchange {
+    fn serve(&mut self, wake_rx: &zmq::Socket, commands: &mpsc::Receiver<Command>) {
+        loop {
+            let timeout = self.config.heartbeat_period.min(STATUS_PERIOD);
+            let (router_ready, wake_ready) = {
+                let mut items = [
+                    self.router.as_poll_item(zmq::POLLIN),
+                    wake_rx.as_poll_item(zmq::POLLIN),
+                ];
+                if zmq::poll(&mut items, timeout.as_millis() as i64).is_err() {
+                    continue;
+                }
+                (items[0].is_readable(), items[1].is_readable())
+            };
+            let mut dirty = false;
+            if wake_ready {
+                while wake_rx.recv_bytes(zmq::DONTWAIT).is_ok() {}
+                while let Ok(command) = commands.try_recv() {
+                    match command {
+                        Command::Submit(tasks) => self.queue.extend(tasks),
+                        Command::DrainBlock(block_id) => self.drain_block(&block_id),
+                        Command::Shutdown => {
+                            self.shutdown();
+                            return;
+                        }
+                    }
+                    dirty = true;
+                }
+            }
+            if router_ready {
+                let mut results = Vec::new();
+                while let Ok(parts) = self.router.recv_multipart(zmq::DONTWAIT) {
+                    self.on_frame(parts, &mut results);
+                }
+                if !results.is_empty() {
+                    let _ = self.events.send(InterchangeEvent::Results(results));
+                }
+                dirty = true;
+            }
+            if dirty {
+                self.dispatch();
+            }
+            self.heartbeats();
+            if self.last_status.elapsed() >= STATUS_PERIOD {
+                self.last_status = Instant::now();
+                let _ = self.events.send(InterchangeEvent::Status(self.status()));
+            }
+        }
+    }
+
+    fn on_frame(&mut self, parts: Vec<Vec<u8>>, results: &mut Vec<TaskResult>) {
+        let [identity, frame] = <[Vec<u8>; 2]>::try_from(parts).unwrap_or_default();
+        if identity.is_empty() {
+            tracing::warn!("dropping a message with an unexpected frame count");
+            return;
+        }
+        let message = match decode::<ManagerMessage>(&frame) {
+            Ok(message) => message,
+            Err(err) => {
+                tracing::warn!("dropping a malformed frame from a manager: {err}");
+                return;
+            }
+        };
+        if let ManagerMessage::Register(registration) = message {
+            self.on_register(identity, registration);
+            return;
+        }
+        let Some(manager) = self.managers.get_mut(&identity) else {
+            tracing::warn!(
+                manager = %String::from_utf8_lossy(&identity),
+                "message from an unregistered manager; telling it to go"
+            );
+            self.send_to(
+                &identity,
+                &InterchangeMessage::Rejected {
+                    reason: "not registered (the interchange may have restarted)".into(),
+                },
+            );
+            return;
+        };
+        manager.last_heard = Instant::now();
+        match message {
+            ManagerMessage::Register(_) => unreachable!("handled above"),
+            ManagerMessage::Heartbeat { busy_workers } => manager.busy_workers = busy_workers,
+            ManagerMessage::Results { results: batch } => {
+                for mut result in batch {
+                    let Some(dispatched) = manager.outstanding.remove(&result.task_id) else {
+                        // A task we already gave up on (manager declared lost, then back).
+                        tracing::debug!(task_id = %result.task_id, "late result ignored");
+                        continue;
+                    };
+                    prepend_queue_transitions(&mut result, &dispatched);
+                    results.push(result);
+                }
+            }
+            ManagerMessage::Draining => manager.draining = true,
+            ManagerMessage::Bye => {
+                let manager = self.managers.remove(&identity).expect("present");
+                self.on_manager_gone(manager, true, results);
+            }
+        }
+    }
+
+    fn on_register(&mut self, identity: Vec<u8>, registration: Registration) {
+        let refusal = if registration.protocol_version != PROTOCOL_VERSION {
+            Some(format!(
+                "protocol version {} is not supported (this interchange speaks {})",
+                registration.protocol_version, PROTOCOL_VERSION
+            ))
+        } else if !constant_time_eq(registration.secret.as_bytes(), self.config.secret.as_bytes())
+        {
+            Some("wrong endpoint secret".to_owned())
+        } else {
+            None
+        };
+        if let Some(reason) = refusal {
+            tracing::warn!(
+                manager = %registration.manager_id,
+                host = %registration.host,
+                "rejected a manager: {reason}"
+            );
+            self.send_to(&identity, &InterchangeMessage::Rejected { reason });
+            return;
+        }
+        tracing::info!(
+            manager = %registration.manager_id,
+            block = %registration.block_id,
+            host = %registration.host,
+            workers = registration.workers,
+            "manager registered"
+        );
+        let _ = self.events.send(InterchangeEvent::ManagerRegistered {
+            block_id: registration.block_id.0.clone(),
+            job_id: registration.job_id.clone(),
+            manager_id: registration.manager_id.0.clone(),
+        });
+        self.send_to(
+            &identity,
+            &InterchangeMessage::Registered {
+                heartbeat_period_ms: self.config.heartbeat_period.as_millis() as u64,
+                heartbeat_threshold_ms: self.config.heartbeat_threshold.as_millis() as u64,
+            },
+        );
+        self.managers.insert(
+            identity,
+            Manager {
+                registration,
+                outstanding: HashMap::new(),
+                busy_workers: 0,
+                last_heard: Instant::now(),
+                last_sent: Instant::now(),
+                draining: false,
+            },
+        );
+    }
+
+    /// A manager left: its tasks go back to the queue while retries remain, else fail.
+    fn on_manager_gone(&mut self, manager: Manager, clean: bool, results: &mut Vec<TaskResult>) {
+        let reg = &manager.registration;
+        if !clean {
+            tracing::warn!(
+                manager = %reg.manager_id,
+                host = %reg.host,
+                block = %reg.block_id,
+                tasks = manager.outstanding.len(),
+                "manager lost (no heartbeat within {:?})",
+                self.config.heartbeat_threshold
+            );
+        }
+        for (_, dispatched) in manager.outstanding {
+            let mut spec = dispatched.spec;
+            if spec.retries < self.config.max_retries_on_system_failure {
+                spec.retries += 1;
+                self.queue.push_front((spec, dispatched.accepted_at));
+            } else {
+                let mut result = TaskResult::failed(
+                    spec.task_id,
+                    TaskError::system(
+                        ErrorKind::ManagerLost,
+                        "ManagerLost",
+                        format!(
+                            "manager lost (host {}, block {}) while it held the task, after {} retries",
+                            reg.host, reg.block_id, spec.retries
+                        ),
+                    ),
+                );
+                result
+                    .transitions
+                    .push(Transition::now(TaskState::Failed, Actor::Interchange));
+                results.push(result);
+            }
+        }
+        let _ = self.events.send(InterchangeEvent::ManagerGone {
+            block_id: reg.block_id.0.clone(),
+            manager_id: reg.manager_id.0.clone(),
+            clean,
+        });
+    }
+
+    fn dispatch(&mut self) {
+        if self.queue.is_empty() {
+            return;
+        }
+        let prefetch = self.config.prefetch;
+        let mut order: Vec<(usize, Vec<u8>)> = self
+            .managers
+            .iter()
+            .map(|(id, m)| (m.free_capacity(prefetch), id.clone()))
+            .filter(|(free, _)| *free > 0)
+            .collect();
+        // Most free capacity first, so a burst spreads over idle managers.
+        order.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        let now = now_micros();
+        for (free, identity) in order {
+            if self.queue.is_empty() {
+                break;
+            }
+            let take = free.min(self.queue.len());
+            let mut batch = Vec::with_capacity(take);
+            let manager = self.managers.get_mut(&identity).expect("present");
+            for (spec, accepted_at) in self.queue.drain(..take) {
+                batch.push(spec.clone());
+                manager.outstanding.insert(
+                    spec.task_id,
+                    Dispatched {
+                        spec,
+                        accepted_at,
+                        dispatched_at: now,
+                    },
+                );
+            }
+            manager.last_sent = Instant::now();
+            let frame = encode(&InterchangeMessage::Tasks { tasks: batch });
+            if let Err(err) = self.router.send_multipart([&identity[..], &frame[..]], 0) {
+                tracing::warn!("sending tasks to a manager failed: {err}");
+            }
+        }
+    }
+
+    fn heartbeats(&mut self) {
+        let threshold = self.config.heartbeat_threshold;
+        let lost: Vec<Vec<u8>> = self
+            .managers
+            .iter()
+            .filter(|(_, m)| m.last_heard.elapsed() > threshold)
+            .map(|(id, _)| id.clone())
+            .collect();
+        if !lost.is_empty() {
+            let mut results = Vec::new();
+            for identity in lost {
+                let manager = self.managers.remove(&identity).expect("present");
+                self.on_manager_gone(manager, false, &mut results);
+            }
+            if !results.is_empty() {
+                let _ = self.events.send(InterchangeEvent::Results(results));
+            }
+            self.dispatch();
+        }
+        let period = self.config.heartbeat_period;
+        let due: Vec<Vec<u8>> = self
+            .managers
+            .iter()
+            .filter(|(_, m)| m.last_sent.elapsed() >= period)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for identity in due {
+            self.send_to(&identity, &InterchangeMessage::Heartbeat);
+        }
+    }
+
+    fn drain_block(&mut self, block_id: &str) {
+        let ids: Vec<Vec<u8>> = self
+            .managers
+            .iter_mut()
+            .filter(|(_, m)| m.registration.block_id.0 == block_id)
+            .map(|(id, m)| {
+                m.draining = true;
+                id.clone()
+            })
+            .collect();
+        for identity in ids {
+            self.send_to(&identity, &InterchangeMessage::Drain);
+        }
+    }
+
+    fn shutdown(&mut self) {
+        let ids: Vec<Vec<u8>> = self.managers.keys().cloned().collect();
+        for identity in ids {
+            self.send_to(&identity, &InterchangeMessage::Shutdown);
+        }
+    }
+
+    fn send_to(&mut self, identity: &[u8], message: &InterchangeMessage) {
+        if let Some(manager) = self.managers.get_mut(identity) {
+            manager.last_sent = Instant::now();
+        }
+        if let Err(err) = self.router.send_multipart([identity, &encode(message)[..]], 0) {
+            tracing::warn!("sending to a manager failed: {err}");
+        }
+    }
+
+    fn status(&self) -> InterchangeStatus {
+        InterchangeStatus {
+            queued: self.queue.len(),
+            dispatched: self.managers.values().map(|m| m.outstanding.len()).sum(),
+            managers: self
+                .managers
+                .values()
+                .map(|m| {
+                    let r = &m.registration;
+                    let busy = m.busy_workers.max(m.outstanding.len().min(r.workers as usize) as u32);
+                    ManagerStatus {
+                        manager_id: r.manager_id.0.clone(),
+                        block_id: r.block_id.0.clone(),
+                        host: r.host.clone(),
+                        workers: r.workers,
+                        busy_workers: busy,
+                        idle_workers: r.workers.saturating_sub(busy),
+                        outstanding_tasks: m.outstanding.len() as u32,
+                        draining: m.draining,
+                    }
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Stamps the agent's and the interchange's transitions before the manager's.
+fn prepend_queue_transitions(result: &mut TaskResult, dispatched: &Dispatched) {
+    let mut transitions = Vec::with_capacity(result.transitions.len() + 2);
+    transitions.push(Transition {
+        state: TaskState::WaitingForNodes,
+        at: dispatched.accepted_at,
+        actor: Actor::Agent,
+    });
+    transitions.push(Transition {
+        state: TaskState::WaitingForLaunch,
+        at: dispatched.dispatched_at,
+        actor: Actor::Interchange,
+    });
+    transitions.append(&mut result.transitions);
+    result.transitions = transitions;
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

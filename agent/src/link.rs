@@ -1,0 +1,128 @@
+//! The agent's one outbound connection to the service: a WebSocket on the service's
+//! HTTP port, authenticated by the endpoint's agent token. Nothing connects in to the
+//! login node.
+
+use anyhow::{bail, Context};
+use futures_util::{SinkExt, StreamExt};
+use scifaas_protocol::link::{AgentMessage, ServiceMessage};
+use scifaas_protocol::{decode, encode, EndpointId, PROTOCOL_VERSION};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// An open, greeted link.
+pub struct Link {
+    socket: Socket,
+    pub endpoint_id: EndpointId,
+    pub endpoint_name: String,
+}
+
+/// `http://host:port` -> `ws://host:port/v1/agent/ws` (and https -> wss).
+pub fn agent_url(service_url: &str) -> anyhow::Result<String> {
+    let base = service_url.trim_end_matches('/');
+    let ws = if let Some(rest) = base.strip_prefix("http://") {
+        format!("ws://{rest}")
+    } else if let Some(rest) = base.strip_prefix("https://") {
+        format!("wss://{rest}")
+    } else {
+        bail!("service_url `{service_url}` must start with http:// or https://")
+    };
+    Ok(format!("{ws}/v1/agent/ws"))
+}
+
+impl Link {
+    /// Connects, says hello and waits for the welcome.
+    pub async fn connect(service_url: &str, agent_token: &str) -> anyhow::Result<Link> {
+        let url = agent_url(service_url)?;
+        let mut request = url
+            .as_str()
+            .into_client_request()
+            .with_context(|| format!("bad service url {url}"))?;
+        request.headers_mut().insert(
+            "authorization",
+            format!("Bearer {agent_token}")
+                .parse()
+                .context("agent token is not a valid header value")?,
+        );
+        let (mut socket, _) = tokio_tungstenite::connect_async(request)
+            .await
+            .with_context(|| format!("connecting to {url}"))?;
+        socket
+            .send(Message::Binary(
+                encode(&AgentMessage::Hello {
+                    protocol_version: PROTOCOL_VERSION,
+                    agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+                })
+                .into(),
+            ))
+            .await?;
+        let welcome = tokio::time::timeout(std::time::Duration::from_secs(30), socket.next())
+            .await
+            .context("the service did not answer our hello within 30 s")?;
+        match welcome {
+            Some(Ok(Message::Binary(frame))) => match decode::<ServiceMessage>(&frame)? {
+                ServiceMessage::Welcome {
+                    endpoint_id,
+                    endpoint_name,
+                    ..
+                } => Ok(Link {
+                    socket,
+                    endpoint_id,
+                    endpoint_name,
+                }),
+                ServiceMessage::Refused { reason } => bail!("the service refused us: {reason}"),
+                other => bail!("expected a welcome, got {other:?}"),
+            },
+            Some(Ok(other)) => bail!("expected a welcome, got {other:?}"),
+            Some(Err(err)) => Err(err).context("reading the welcome"),
+            None => bail!("the service closed the connection (is the agent token valid?)"),
+        }
+    }
+
+    pub async fn send(&mut self, message: &AgentMessage) -> anyhow::Result<()> {
+        self.socket
+            .send(Message::Binary(encode(message).into()))
+            .await
+            .context("sending to the service")
+    }
+
+    /// The next message from the service; `None` when the link closed. Malformed
+    /// frames are logged and skipped.
+    pub async fn recv(&mut self) -> Option<ServiceMessage> {
+        loop {
+            match self.socket.next().await? {
+                Ok(Message::Binary(frame)) => match decode::<ServiceMessage>(&frame) {
+                    Ok(message) => return Some(message),
+                    Err(err) => tracing::warn!("dropping a malformed frame from the service: {err}"),
+                },
+                Ok(Message::Close(_)) => return None,
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::warn!("link to the service failed: {err}");
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_urls_map_to_the_agent_socket() {
+        assert_eq!(
+            agent_url("http://127.0.0.1:8470/").unwrap(),
+            "ws://127.0.0.1:8470/v1/agent/ws"
+        );
+        assert_eq!(
+            agent_url("https://faas.example.org").unwrap(),
+            "wss://faas.example.org/v1/agent/ws"
+        );
+        assert!(agent_url("ftp://x").is_err());
+    }
+}

@@ -1,0 +1,76 @@
+//! From an endpoint config to what the agent runs with: its settings and its provider.
+
+use crate::blocks::ScalingPolicy;
+use crate::config::{EndpointConfig, ProviderConfig};
+use crate::endpoint::AgentSettings;
+use crate::interchange::InterchangeConfig;
+use anyhow::{bail, Context};
+use scifaas_providers::{LocalProvider, Provider};
+use std::path::PathBuf;
+
+/// Builds the agent's settings and provider. `scifaas_exe` is the binary pilots run as
+/// `scifaas manager`. A fresh endpoint secret is drawn for every agent start, so only
+/// the pilots of this agent can register.
+pub fn from_config(
+    name: &str,
+    config: &EndpointConfig,
+    state_dir: PathBuf,
+    agent_token: &str,
+    scifaas_exe: PathBuf,
+) -> anyhow::Result<(AgentSettings, Box<dyn Provider>)> {
+    let engine = &config.engine;
+    if let Some(interface) = &engine.interface {
+        bail!("engine.interface ({interface}) is not supported yet; set engine.address instead");
+    }
+    let workers = engine.workers_per_node();
+    let limits = config.provider.limits();
+    let provider: Box<dyn Provider> = match &config.provider {
+        ProviderConfig::Local(_) => Box::new(LocalProvider::new(
+            config
+                .provider
+                .script_template()
+                .context("loading the provider's script template")?,
+            config.provider.launcher(),
+        )),
+    };
+    let mut secret = [0u8; 32];
+    getrandom::fill(&mut secret).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    let exe = scifaas_exe.to_string_lossy().into_owned();
+    let settings = AgentSettings {
+        name: name.to_owned(),
+        state_dir,
+        service_url: config.service_url.clone(),
+        agent_token: agent_token.to_owned(),
+        interchange: InterchangeConfig {
+            bind_address: engine.address.clone(),
+            port_range: engine.port_range,
+            secret: hex::encode(secret),
+            heartbeat_period: engine.heartbeat_period,
+            heartbeat_threshold: engine.heartbeat_threshold,
+            prefetch: engine.prefetch_capacity,
+            max_retries_on_system_failure: engine.max_retries_on_system_failure,
+        },
+        scaling: ScalingPolicy {
+            init_blocks: limits.init_blocks,
+            min_blocks: limits.min_blocks,
+            max_blocks: limits.max_blocks,
+            nodes_per_block: limits.nodes_per_block,
+            workers_per_node: workers,
+            parallelism: limits.parallelism,
+            max_idletime: config.strategy.max_idletime,
+        },
+        strategy_period: config.strategy.period,
+        manager_command: vec![exe, "manager".to_owned()],
+        manager_args: vec![
+            "--workers".to_owned(),
+            workers.to_string(),
+            "--python".to_owned(),
+            engine.worker_python.clone(),
+        ],
+        walltime: config.provider.walltime(),
+        worker_init: config.provider.worker_init().to_owned(),
+        task_walltime: engine.task_walltime,
+        journal_sync: true,
+    };
+    Ok((settings, provider))
+}

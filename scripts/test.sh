@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Every scifaas test: formatting and lints, the Rust tests (unit tests next to the code,
+# integration tests that drive the real binary, real python3 workers and real sockets
+# on loopback), then the Python tests (the worker program, the SDK against a real
+# service and endpoint).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "python environment"
+python=$(scripts/python-env.sh)
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+step "cargo test"
+cargo test --workspace --quiet
+
+step "python tests (worker, SDK)"
+cargo build --quiet -p scifaas
+SCIFAAS_BIN="$PWD/target/debug/scifaas" "$python" -m pytest -q worker/python sdk/python/tests
+
+step "all tests passed"

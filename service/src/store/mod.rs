@@ -1,0 +1,329 @@
+//! The task store: one SQLite file, written by one thread with group commits, read
+//! through a small pool of read-only connections.
+//!
+//! Hot paths do not read from here: users, tokens, functions and endpoints are cached in
+//! memory ([`crate::registry`]) and a finished task's result reaches its waiters straight
+//! from the agent link. Reads serve task views, the results cursor and the re-sending of
+//! an endpoint's backlog when its agent connects.
+
+mod reads;
+mod schema;
+mod writer;
+
+pub(crate) use reads::{PendingTask, RegistrySnapshot, TaskRow};
+pub(crate) use writer::WriterThread;
+
+use bytes::Bytes;
+use rusqlite::Connection;
+use scifaas_protocol::link::TaskProgress;
+use scifaas_protocol::time::Micros;
+use scifaas_protocol::{EndpointId, FunctionId, TaskId, TaskResult, TaskState};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Mutex};
+use tokio::sync::oneshot;
+use writer::{Applied, Command, Job, WriteOp};
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StoreError {
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A uniqueness rule was broken (an endpoint name the owner already uses, ...).
+    #[error("{0}")]
+    Conflict(String),
+    /// The transaction that held this write failed as a whole.
+    #[error("commit failed: {0}")]
+    Commit(String),
+    #[error("the store is shut down")]
+    Closed,
+    #[error("a database read was cancelled")]
+    Cancelled,
+}
+
+/// A user as stored.
+#[derive(Clone, Debug)]
+pub(crate) struct UserRow {
+    pub name: String,
+    pub is_admin: bool,
+    pub created_at: Micros,
+}
+
+/// A token as stored: only its hash.
+#[derive(Clone, Debug)]
+pub(crate) struct TokenRow {
+    /// Hex SHA-256 of the token.
+    pub hash: String,
+    pub user: String,
+    pub created_at: Micros,
+}
+
+/// A function as stored.
+#[derive(Clone, Debug)]
+pub(crate) struct FunctionRow {
+    pub id: FunctionId,
+    pub owner: String,
+    pub name: String,
+    pub source: String,
+    pub description: Option<String>,
+    pub hash: String,
+    pub created_at: Micros,
+}
+
+/// An endpoint as stored.
+#[derive(Clone, Debug)]
+pub(crate) struct EndpointRow {
+    pub id: EndpointId,
+    pub owner: String,
+    pub name: String,
+    /// Hex SHA-256 of the agent token.
+    pub agent_token_hash: String,
+    pub created_at: Micros,
+}
+
+/// A task to insert, in state `received`.
+#[derive(Clone, Debug)]
+pub(crate) struct NewTask {
+    pub id: TaskId,
+    pub owner: Arc<str>,
+    pub endpoint_id: EndpointId,
+    pub function_id: FunctionId,
+    pub payload: Bytes,
+    /// When the service received it: `created_at` and the `received` transition.
+    pub received_at: Micros,
+}
+
+/// What became of one result handed to [`Store::store_results`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ResultFate {
+    /// Stored now; the task finished as number `done_seq`.
+    Stored { done_seq: i64 },
+    /// The task had already finished: this is a re-sent result, not stored again.
+    AlreadyFinished,
+    /// No such task at this endpoint.
+    Unknown,
+}
+
+/// Handle to the store; cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Store {
+    commands: mpsc::Sender<Command>,
+    reads: Arc<ReadPool>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database in `data_dir` and starts its writer thread.
+    pub(crate) fn open(data_dir: &Path) -> Result<(Store, WriterThread), StoreError> {
+        let path = schema::db_path(data_dir);
+        let conn = schema::open_writer(&path)?;
+        let (commands, writer) = writer::spawn(conn)?;
+        let reads = Arc::new(ReadPool {
+            path,
+            idle: Mutex::new(Vec::new()),
+        });
+        Ok((Store { commands, reads }, writer))
+    }
+
+    /// Sends a write that the caller waits for; the returned future resolves once the
+    /// transaction holding it is committed. The write is queued before this returns, so
+    /// writes keep the order of the calls even if the futures are awaited later.
+    fn durable(
+        &self,
+        op: WriteOp,
+    ) -> impl Future<Output = Result<Applied, StoreError>> + Send + 'static {
+        let (reply, answer) = oneshot::channel();
+        let sent = self
+            .commands
+            .send(Command::Write(Job {
+                op,
+                reply: Some(reply),
+            }))
+            .is_ok();
+        async move {
+            if !sent {
+                return Err(StoreError::Closed);
+            }
+            answer.await.map_err(|_| StoreError::Closed)?
+        }
+    }
+
+    /// Sends a write nobody waits for. The writer may hold it back briefly to commit it
+    /// with the next durable write; losing it in a crash loses only a state hint.
+    fn deferred(&self, op: WriteOp) {
+        if self
+            .commands
+            .send(Command::Write(Job { op, reply: None }))
+            .is_err()
+        {
+            tracing::debug!("store is shut down; dropped a deferred write");
+        }
+    }
+
+    pub(crate) async fn create_user(&self, user: UserRow) -> Result<(), StoreError> {
+        self.durable(WriteOp::CreateUser(user)).await.map(drop)
+    }
+
+    pub(crate) async fn add_token(&self, token: TokenRow) -> Result<(), StoreError> {
+        self.durable(WriteOp::AddToken(token)).await.map(drop)
+    }
+
+    pub(crate) async fn create_function(&self, function: FunctionRow) -> Result<(), StoreError> {
+        self.durable(WriteOp::CreateFunction(function))
+            .await
+            .map(drop)
+    }
+
+    pub(crate) async fn create_endpoint(&self, endpoint: EndpointRow) -> Result<(), StoreError> {
+        self.durable(WriteOp::CreateEndpoint(endpoint))
+            .await
+            .map(drop)
+    }
+
+    /// Inserts tasks in state `received`; resolves once they are durable.
+    pub(crate) fn insert_tasks(
+        &self,
+        tasks: Vec<NewTask>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+        let done = self.durable(WriteOp::InsertTasks(tasks));
+        async move { done.await.map(drop) }
+    }
+
+    /// Stamps `waiting-for-endpoint` on those of `task_ids` still in `received`.
+    pub(crate) fn mark_sent(&self, task_ids: Vec<TaskId>, at: Micros) {
+        self.deferred(WriteOp::MarkSent { task_ids, at });
+    }
+
+    /// Stamps `waiting-for-nodes` (the agent's journal has them) on those of `task_ids`
+    /// of this endpoint that are not further along.
+    pub(crate) fn mark_accepted(&self, endpoint_id: EndpointId, task_ids: Vec<TaskId>, at: Micros) {
+        self.deferred(WriteOp::MarkAccepted {
+            endpoint_id,
+            task_ids,
+            at,
+        });
+    }
+
+    /// Appends transitions the agent reported for tasks in flight.
+    pub(crate) fn progress(&self, endpoint_id: EndpointId, updates: Vec<TaskProgress>) {
+        self.deferred(WriteOp::Progress {
+            endpoint_id,
+            updates,
+        });
+    }
+
+    /// Stores finished tasks of one endpoint; answers, per result and in order, whether
+    /// it was stored now or had been before.
+    pub(crate) fn store_results(
+        &self,
+        endpoint_id: EndpointId,
+        results: Vec<Arc<TaskResult>>,
+        completed_at: Micros,
+    ) -> impl Future<Output = Result<Vec<ResultFate>, StoreError>> + Send + 'static {
+        let done = self.durable(WriteOp::StoreResults {
+            endpoint_id,
+            results,
+            completed_at,
+        });
+        async move {
+            match done.await? {
+                Applied::Results(fates) => Ok(fates),
+                Applied::Nothing => Ok(Vec::new()),
+            }
+        }
+    }
+
+    /// Asks the writer thread to commit what it holds and exit.
+    pub(crate) fn stop_writer(&self) {
+        let _ = self.commands.send(Command::Stop);
+    }
+
+    /// Everything the in-memory registry is built from.
+    pub(crate) async fn load_registry(&self) -> Result<RegistrySnapshot, StoreError> {
+        self.read(reads::load_registry).await
+    }
+
+    /// One task, whoever owns it.
+    pub(crate) async fn task(&self, id: TaskId) -> Result<Option<TaskRow>, StoreError> {
+        self.read(move |conn| reads::task(conn, id)).await
+    }
+
+    /// The tasks among `ids` that exist.
+    pub(crate) async fn tasks(&self, ids: Vec<TaskId>) -> Result<Vec<TaskRow>, StoreError> {
+        self.read(move |conn| reads::tasks(conn, &ids)).await
+    }
+
+    /// `owner`'s tasks that finished after `after`, oldest first, at most `max`.
+    pub(crate) async fn finished_after(
+        &self,
+        owner: Arc<str>,
+        after: i64,
+        max: usize,
+    ) -> Result<Vec<TaskRow>, StoreError> {
+        self.read(move |conn| reads::finished_after(conn, &owner, after, max))
+            .await
+    }
+
+    /// The highest `done_seq` given so far (0 when no task has finished).
+    pub(crate) async fn last_done_seq(&self) -> Result<i64, StoreError> {
+        self.read(reads::last_done_seq).await
+    }
+
+    /// One page of an endpoint's tasks in `state`, after `after_rowid`, in insertion
+    /// order.
+    pub(crate) async fn pending_page(
+        &self,
+        endpoint_id: EndpointId,
+        state: TaskState,
+        after_rowid: i64,
+        limit: usize,
+    ) -> Result<Vec<PendingTask>, StoreError> {
+        self.read(move |conn| reads::pending_page(conn, endpoint_id, state, after_rowid, limit))
+            .await
+    }
+
+    /// Runs `f` on a pooled read connection in the blocking pool.
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let pool = self.reads.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = pool.take()?;
+            let answer = f(&conn);
+            pool.give_back(conn);
+            answer
+        })
+        .await
+        .map_err(|_| StoreError::Cancelled)?
+    }
+}
+
+/// Read-only connections, opened on demand and kept for reuse.
+struct ReadPool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+/// How many idle read connections are kept; more may be open during a burst.
+const MAX_IDLE_READERS: usize = 4;
+
+impl ReadPool {
+    fn take(&self) -> Result<Connection, StoreError> {
+        let pooled = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        match pooled {
+            Some(conn) => Ok(conn),
+            None => Ok(schema::open_reader(&self.path)?),
+        }
+    }
+
+    fn give_back(&self, conn: Connection) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < MAX_IDLE_READERS {
+            idle.push(conn);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,237 @@
+//! The queries behind task views, the results cursor, an agent's backlog and the
+//! registry loaded at start.
+
+use super::{EndpointRow, FunctionRow, StoreError, TokenRow, UserRow};
+use bytes::Bytes;
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row};
+use scifaas_protocol::time::Micros;
+use scifaas_protocol::{EndpointId, FunctionId, TaskId, TaskState};
+
+/// Every user, token, function and endpoint, to fill the in-memory registry at start.
+#[derive(Debug, Default)]
+pub(crate) struct RegistrySnapshot {
+    pub users: Vec<UserRow>,
+    pub tokens: Vec<TokenRow>,
+    pub functions: Vec<FunctionRow>,
+    pub endpoints: Vec<EndpointRow>,
+}
+
+/// A task as stored, for its view. JSON columns are kept as the text the writer wrote.
+#[derive(Clone, Debug)]
+pub(crate) struct TaskRow {
+    pub id: String,
+    pub owner: String,
+    pub endpoint_id: String,
+    pub function_id: String,
+    pub state: String,
+    pub result: Option<Vec<u8>>,
+    pub error: Option<String>,
+    pub stdout: String,
+    pub stderr: String,
+    pub transitions: String,
+    pub timing: Option<String>,
+    pub created_at: Micros,
+    pub completed_at: Option<Micros>,
+    pub done_seq: Option<i64>,
+}
+
+/// A task to (re-)send to its endpoint's agent.
+#[derive(Clone, Debug)]
+pub(crate) struct PendingTask {
+    pub rowid: i64,
+    pub id: TaskId,
+    pub function_id: FunctionId,
+    pub payload: Bytes,
+}
+
+const TASK_COLUMNS: &str = "id, owner, endpoint_id, function_id, state, result, error, stdout, \
+     stderr, transitions, timing, created_at, completed_at, done_seq";
+
+/// SQLite's default limit on `?` parameters is far above this; it keeps statements short.
+const IDS_PER_QUERY: usize = 500;
+
+fn task_row(row: &Row<'_>) -> rusqlite::Result<TaskRow> {
+    Ok(TaskRow {
+        id: row.get(0)?,
+        owner: row.get(1)?,
+        endpoint_id: row.get(2)?,
+        function_id: row.get(3)?,
+        state: row.get(4)?,
+        result: row.get(5)?,
+        error: row.get(6)?,
+        stdout: row.get(7)?,
+        stderr: row.get(8)?,
+        transitions: row.get(9)?,
+        timing: row.get(10)?,
+        created_at: row.get(11)?,
+        completed_at: row.get(12)?,
+        done_seq: row.get(13)?,
+    })
+}
+
+pub(super) fn task(conn: &Connection, id: TaskId) -> Result<Option<TaskRow>, StoreError> {
+    let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1");
+    Ok(conn
+        .prepare_cached(&sql)?
+        .query_row(params![id.to_string()], task_row)
+        .optional()?)
+}
+
+pub(super) fn tasks(conn: &Connection, ids: &[TaskId]) -> Result<Vec<TaskRow>, StoreError> {
+    let mut rows = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(IDS_PER_QUERY) {
+        let marks = vec!["?"; chunk.len()].join(",");
+        let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id IN ({marks})");
+        let mut statement = conn.prepare(&sql)?;
+        let found = statement.query_map(
+            params_from_iter(chunk.iter().map(|id| id.to_string())),
+            task_row,
+        )?;
+        for row in found {
+            rows.push(row?);
+        }
+    }
+    Ok(rows)
+}
+
+pub(super) fn finished_after(
+    conn: &Connection,
+    owner: &str,
+    after: i64,
+    max: usize,
+) -> Result<Vec<TaskRow>, StoreError> {
+    let sql = format!(
+        "SELECT {TASK_COLUMNS} FROM tasks WHERE owner = ?1 AND done_seq > ?2 ORDER BY done_seq LIMIT ?3"
+    );
+    let mut statement = conn.prepare_cached(&sql)?;
+    let limit = i64::try_from(max).unwrap_or(i64::MAX);
+    let rows = statement
+        .query_map(params![owner, after, limit], task_row)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
+pub(super) fn last_done_seq(conn: &Connection) -> Result<i64, StoreError> {
+    Ok(
+        conn.query_row("SELECT COALESCE(MAX(done_seq), 0) FROM tasks", [], |row| {
+            row.get(0)
+        })?,
+    )
+}
+
+pub(super) fn pending_page(
+    conn: &Connection,
+    endpoint_id: EndpointId,
+    state: TaskState,
+    after_rowid: i64,
+    limit: usize,
+) -> Result<Vec<PendingTask>, StoreError> {
+    // One state at a time, so that the (endpoint_id, state) index yields rows already in
+    // rowid order and a page costs its own size, not a sort of the whole backlog.
+    let mut statement = conn.prepare_cached(
+        "SELECT rowid, id, function_id, payload FROM tasks
+         WHERE endpoint_id = ?1 AND state = ?2 AND rowid > ?3 ORDER BY rowid LIMIT ?4",
+    )?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = statement.query_map(
+        params![endpoint_id.to_string(), state.as_str(), after_rowid, limit],
+        |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, Vec<u8>>(3)?,
+            ))
+        },
+    )?;
+    let mut page = Vec::new();
+    for row in rows {
+        let (rowid, id, function_id, payload) = row?;
+        match (id.parse(), function_id.parse()) {
+            (Ok(id), Ok(function_id)) => page.push(PendingTask {
+                rowid,
+                id,
+                function_id,
+                payload: Bytes::from(payload),
+            }),
+            _ => tracing::warn!(id, function_id, "skipping a task with a malformed id"),
+        }
+    }
+    Ok(page)
+}
+
+pub(super) fn load_registry(conn: &Connection) -> Result<RegistrySnapshot, StoreError> {
+    let mut snapshot = RegistrySnapshot::default();
+    let mut users = conn.prepare("SELECT name, is_admin, created_at FROM users")?;
+    for user in users.query_map([], |row| {
+        Ok(UserRow {
+            name: row.get(0)?,
+            is_admin: row.get(1)?,
+            created_at: row.get(2)?,
+        })
+    })? {
+        snapshot.users.push(user?);
+    }
+    let mut tokens = conn.prepare("SELECT hash, user, created_at FROM tokens")?;
+    for token in tokens.query_map([], |row| {
+        Ok(TokenRow {
+            hash: row.get(0)?,
+            user: row.get(1)?,
+            created_at: row.get(2)?,
+        })
+    })? {
+        snapshot.tokens.push(token?);
+    }
+    let mut functions = conn.prepare(
+        "SELECT id, owner, name, source, description, hash, created_at FROM functions ORDER BY created_at",
+    )?;
+    let rows = functions.query_map([], |row| {
+        Ok((
+            row.get::<_, String>(0)?,
+            FunctionRow {
+                id: FunctionId::default(),
+                owner: row.get(1)?,
+                name: row.get(2)?,
+                source: row.get(3)?,
+                description: row.get(4)?,
+                hash: row.get(5)?,
+                created_at: row.get(6)?,
+            },
+        ))
+    })?;
+    for row in rows {
+        let (id, mut function) = row?;
+        match id.parse() {
+            Ok(id) => {
+                function.id = id;
+                snapshot.functions.push(function);
+            }
+            Err(_) => tracing::warn!(id, "skipping a function with a malformed id"),
+        }
+    }
+    let mut endpoints =
+        conn.prepare("SELECT id, owner, name, agent_token_hash, created_at FROM endpoints")?;
+    let rows = endpoints.query_map([], |row| {
+        Ok((
+            row.get::<_, String>(0)?,
+            EndpointRow {
+                id: EndpointId::default(),
+                owner: row.get(1)?,
+                name: row.get(2)?,
+                agent_token_hash: row.get(3)?,
+                created_at: row.get(4)?,
+            },
+        ))
+    })?;
+    for row in rows {
+        let (id, mut endpoint) = row?;
+        match id.parse() {
+            Ok(id) => {
+                endpoint.id = id;
+                snapshot.endpoints.push(endpoint);
+            }
+            Err(_) => tracing::warn!(id, "skipping an endpoint with a malformed id"),
+        }
+    }
+    Ok(snapshot)
+}

@@ -1,0 +1,101 @@
+//! The SQLite file: where it lives, how a connection to it is opened, and its tables.
+
+use rusqlite::{Connection, OpenFlags};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The database file inside the service's data directory.
+pub(crate) const DB_FILE: &str = "scifaas.db";
+
+/// How long a connection waits for another's lock before failing. Only the writer thread
+/// writes, so this covers checkpoints and a second service started on the same directory
+/// by mistake.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The path of the database inside `data_dir`.
+pub(crate) fn db_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(DB_FILE)
+}
+
+/// Opens the connection the writer thread owns, creating the file and its tables.
+pub(crate) fn open_writer(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    // WAL lets readers run while the writer commits; FULL makes every commit durable
+    // (an fsync of the WAL) before a caller is answered.
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.execute_batch(SCHEMA)?;
+    Ok(conn)
+}
+
+/// Opens a read-only connection; the file must already exist (the writer creates it).
+pub(crate) fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI,
+    )?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    Ok(conn)
+}
+
+/// The tables. Ids are UUIDs in their text form and users are named, so that the file
+/// can be inspected with the `sqlite3` shell. Times are microseconds since the epoch.
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS users (
+    name        TEXT PRIMARY KEY,
+    is_admin    INTEGER NOT NULL,
+    created_at  INTEGER NOT NULL
+);
+
+-- Tokens are kept only as the hex SHA-256 of the token.
+CREATE TABLE IF NOT EXISTS tokens (
+    hash        TEXT PRIMARY KEY,
+    user        TEXT NOT NULL REFERENCES users(name),
+    created_at  INTEGER NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS functions (
+    id          TEXT PRIMARY KEY,
+    owner       TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    source      TEXT NOT NULL,
+    description TEXT,
+    hash        TEXT NOT NULL,
+    created_at  INTEGER NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS endpoints (
+    id               TEXT PRIMARY KEY,
+    owner            TEXT NOT NULL,
+    name             TEXT NOT NULL,
+    agent_token_hash TEXT NOT NULL UNIQUE,
+    created_at       INTEGER NOT NULL,
+    UNIQUE (owner, name)
+);
+
+-- transitions: JSON array of {state, at, actor}; error: JSON {kind, type, message,
+-- traceback}; timing: JSON {exec_start, exec_end, manager_sent, agent_sent, completed}.
+-- done_seq: the service-wide order in which tasks finished, NULL until then.
+CREATE TABLE IF NOT EXISTS tasks (
+    id           TEXT PRIMARY KEY,
+    owner        TEXT NOT NULL,
+    endpoint_id  TEXT NOT NULL,
+    function_id  TEXT NOT NULL,
+    state        TEXT NOT NULL,
+    payload      BLOB NOT NULL,
+    result       BLOB,
+    error        TEXT,
+    stdout       TEXT NOT NULL DEFAULT '',
+    stderr       TEXT NOT NULL DEFAULT '',
+    transitions  TEXT NOT NULL,
+    timing       TEXT,
+    created_at   INTEGER NOT NULL,
+    completed_at INTEGER,
+    done_seq     INTEGER
+);
+CREATE INDEX IF NOT EXISTS tasks_by_endpoint_state ON tasks (endpoint_id, state);
+CREATE INDEX IF NOT EXISTS tasks_by_owner_done ON tasks (owner, done_seq);
+"#;

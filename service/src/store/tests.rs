@@ -1,0 +1,209 @@
+//! The store against a real SQLite file: group commits, forward-only states, results
+//! stored once, and `done_seq` continuing across a reopen.
+
+use super::*;
+use scifaas_protocol::link::TaskProgress;
+use scifaas_protocol::time::now_micros;
+use scifaas_protocol::{Actor, ErrorKind, Outcome, ResultTiming, TaskError, Transition};
+
+fn open(dir: &Path) -> (Store, WriterThread) {
+    Store::open(dir).unwrap()
+}
+
+fn close(store: Store, writer: WriterThread) {
+    store.stop_writer();
+    writer.join();
+}
+
+fn new_task(endpoint_id: EndpointId) -> NewTask {
+    NewTask {
+        id: TaskId::new(),
+        owner: Arc::from("alice"),
+        endpoint_id,
+        function_id: FunctionId::new(),
+        payload: Bytes::from_static(b"{\"args\":[],\"kwargs\":{}}"),
+        received_at: now_micros(),
+    }
+}
+
+fn result(task_id: TaskId, value: &'static [u8]) -> Arc<TaskResult> {
+    Arc::new(TaskResult {
+        task_id,
+        outcome: Outcome::Success(Bytes::from_static(value)),
+        stdout: String::new(),
+        stderr: String::new(),
+        transitions: vec![],
+        timing: ResultTiming::default(),
+    })
+}
+
+fn states(row: &TaskRow) -> Vec<TaskState> {
+    let transitions: Vec<Transition> = serde_json::from_str(&row.transitions).unwrap();
+    transitions.iter().map(|t| t.state).collect()
+}
+
+#[tokio::test]
+async fn deferred_hints_ride_along_and_states_only_move_forward() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, writer) = open(dir.path());
+    let endpoint = EndpointId::new();
+    let task = new_task(endpoint);
+    let id = task.id;
+    store.insert_tasks(vec![task]).await.unwrap();
+    store.mark_sent(vec![id], now_micros());
+    store.mark_accepted(endpoint, vec![id], now_micros());
+    let running = Transition::now(TaskState::Running, Actor::Worker);
+    let progress = |transition| TaskProgress {
+        task_id: id,
+        transition,
+    };
+    store.progress(endpoint, vec![progress(running)]);
+    // Late and repeated news neither move the state back nor stamp twice.
+    store.progress(
+        endpoint,
+        vec![
+            progress(Transition::now(TaskState::WaitingForLaunch, Actor::Manager)),
+            progress(running),
+        ],
+    );
+    store.mark_sent(vec![id], now_micros());
+    store.mark_accepted(endpoint, vec![id], now_micros());
+    // Another endpoint's agent cannot touch the task.
+    store.progress(
+        EndpointId::new(),
+        vec![progress(Transition::now(
+            TaskState::WaitingForLaunch,
+            Actor::Agent,
+        ))],
+    );
+    // A durable write after the hints: by its commit, they are committed too.
+    store.insert_tasks(vec![new_task(endpoint)]).await.unwrap();
+    let row = store.task(id).await.unwrap().unwrap();
+    assert_eq!(row.state, "running");
+    assert_eq!(
+        states(&row),
+        [
+            TaskState::Received,
+            TaskState::WaitingForEndpoint,
+            TaskState::WaitingForNodes,
+            TaskState::Running,
+            TaskState::WaitingForLaunch,
+        ]
+    );
+    close(store, writer);
+}
+
+#[tokio::test]
+async fn a_result_is_stored_once_and_done_seq_survives_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, writer) = open(dir.path());
+    let endpoint = EndpointId::new();
+    let (first, second) = (new_task(endpoint), new_task(endpoint));
+    let (a, b) = (first.id, second.id);
+    store.insert_tasks(vec![first, second]).await.unwrap();
+
+    let fates = store
+        .store_results(
+            endpoint,
+            vec![result(a, b"1"), result(a, b"2")],
+            now_micros(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        fates,
+        [
+            ResultFate::Stored { done_seq: 1 },
+            ResultFate::AlreadyFinished
+        ]
+    );
+    let fates = store
+        .store_results(EndpointId::new(), vec![result(b, b"3")], now_micros())
+        .await
+        .unwrap();
+    assert_eq!(fates, [ResultFate::Unknown]);
+    let row = store.task(a).await.unwrap().unwrap();
+    assert_eq!(row.result.as_deref(), Some(&b"1"[..]));
+    assert_eq!(row.state, "success");
+    assert_eq!(row.done_seq, Some(1));
+    close(store, writer);
+
+    let (store, writer) = open(dir.path());
+    assert_eq!(store.last_done_seq().await.unwrap(), 1);
+    let failed = Arc::new(TaskResult::failed(
+        b,
+        TaskError::system(ErrorKind::Cancelled, "Cancelled", "asked to"),
+    ));
+    let fates = store
+        .store_results(endpoint, vec![failed], now_micros())
+        .await
+        .unwrap();
+    assert_eq!(fates, [ResultFate::Stored { done_seq: 2 }]);
+    let row = store.task(b).await.unwrap().unwrap();
+    assert_eq!(row.state, "cancelled");
+    assert!(row.error.unwrap().contains("\"kind\":\"cancelled\""));
+    let finished = store
+        .finished_after(Arc::from("alice"), 0, 10)
+        .await
+        .unwrap();
+    let order: Vec<_> = finished.iter().map(|row| row.done_seq).collect();
+    assert_eq!(order, [Some(1), Some(2)]);
+    assert!(store
+        .finished_after(Arc::from("bob"), 0, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    close(store, writer);
+}
+
+#[tokio::test]
+async fn a_failing_write_does_not_undo_the_others_in_its_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, writer) = open(dir.path());
+    let user = |name: &str| UserRow {
+        name: name.into(),
+        is_admin: false,
+        created_at: 1,
+    };
+    store.create_user(user("alice")).await.unwrap();
+    // Queued together, so they share one transaction.
+    let duplicate = store.create_user(user("alice"));
+    let fresh = store.create_user(user("bob"));
+    assert!(matches!(duplicate.await, Err(StoreError::Conflict(_))));
+    fresh.await.unwrap();
+    let snapshot = store.load_registry().await.unwrap();
+    let mut names: Vec<_> = snapshot.users.iter().map(|u| u.name.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["alice", "bob"]);
+    close(store, writer);
+}
+
+#[tokio::test]
+async fn the_backlog_is_paged_by_state_in_insertion_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, writer) = open(dir.path());
+    let endpoint = EndpointId::new();
+    let tasks: Vec<NewTask> = (0..5).map(|_| new_task(endpoint)).collect();
+    let ids: Vec<TaskId> = tasks.iter().map(|t| t.id).collect();
+    store.insert_tasks(tasks).await.unwrap();
+    store
+        .insert_tasks(vec![new_task(EndpointId::new())])
+        .await
+        .unwrap();
+    let first = store
+        .pending_page(endpoint, TaskState::Received, 0, 3)
+        .await
+        .unwrap();
+    let rest = store
+        .pending_page(endpoint, TaskState::Received, first[2].rowid, 3)
+        .await
+        .unwrap();
+    let paged: Vec<TaskId> = first.iter().chain(&rest).map(|t| t.id).collect();
+    assert_eq!(paged, ids);
+    assert!(store
+        .pending_page(endpoint, TaskState::Running, 0, 3)
+        .await
+        .unwrap()
+        .is_empty());
+    close(store, writer);
+}
