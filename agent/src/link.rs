@@ -47,7 +47,8 @@ impl Link {
                 .parse()
                 .context("agent token is not a valid header value")?,
         );
-        let (mut socket, _) = tokio_tungstenite::connect_async(request)
+        // Small frames both ways: Nagle's algorithm would add ~40 ms to each.
+        let (mut socket, _) = tokio_tungstenite::connect_async_with_config(request, None, true)
             .await
             .with_context(|| format!("connecting to {url}"))?;
         socket

@@ -35,7 +35,7 @@ fn hello_world_round_trip_with_transitions_and_output() {
         assert!(states.contains(&expected), "{expected} missing from {states:?}");
     }
     let at: Vec<i64> = task["transitions"].as_array().unwrap().iter().map(|t| t["at"].as_i64().unwrap()).collect();
-    assert!(at.windows(2).all(|w| w[0] <= w[1]), "transitions out of order: {at:?}");
+    assert!(at.windows(2).all(|w| w[0] <= w[1]), "transitions out of order: {}", task["transitions"]);
     let timing = &task["timing"];
     assert!(timing["exec_start"].as_i64().unwrap() <= timing["exec_end"].as_i64().unwrap());
 

@@ -244,15 +244,16 @@ impl Writer {
             WriteOp::MarkAccepted {
                 endpoint_id,
                 task_ids,
-                at,
+                at: _,
             } => {
+                // Only the state moves here: the agent's own stamp of this transition
+                // (its clock, its journal time) arrives with the task's result.
+                let mut update = self.conn.prepare_cached(
+                    "UPDATE tasks SET state = 'waiting-for-nodes' WHERE id = ?1 AND endpoint_id = ?2 \
+                     AND state IN ('received', 'waiting-for-endpoint')",
+                )?;
                 for id in task_ids {
-                    let stamp = Transition {
-                        state: TaskState::WaitingForNodes,
-                        at,
-                        actor: Actor::Agent,
-                    };
-                    self.advance(endpoint_id, id, stamp, Stamp::UnlessFurther)?;
+                    update.execute(params![id.to_string(), endpoint_id.to_string()])?;
                 }
             }
             WriteOp::Progress {
