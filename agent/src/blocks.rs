@@ -5,8 +5,8 @@
 //! the provider reports as unknown is not treated as finished until a later poll says
 //! so or its managers are gone.
 
-use scifaas_providers::{BlockRequest, JobId, JobState, Provider};
 use scifaas_protocol::link::BlockStatus;
+use scifaas_providers::{BlockRequest, JobId, JobState, Provider};
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -167,7 +167,11 @@ impl Blocks {
         let mut excess = self.active().saturating_sub(self.policy.min_blocks);
         let mut cancel = Vec::new();
         let mut drain = Vec::new();
-        for (block_id, block) in self.blocks.iter_mut().filter(|(_, b)| !b.state.is_terminal() && !b.draining) {
+        for (block_id, block) in self
+            .blocks
+            .iter_mut()
+            .filter(|(_, b)| !b.state.is_terminal() && !b.draining)
+        {
             if excess == 0 {
                 break;
             }
@@ -266,7 +270,10 @@ mod tests {
         assert_eq!(p.blocks_to_add(9, 0), 2);
         assert_eq!(p.blocks_to_add(9, 1), 1);
         assert_eq!(p.blocks_to_add(1000, 1), 3, "capped by max_blocks");
-        let half = ScalingPolicy { parallelism: 0.5, ..p.clone() };
+        let half = ScalingPolicy {
+            parallelism: 0.5,
+            ..p.clone()
+        };
         assert_eq!(half.blocks_to_add(32, 0), 2);
         let floor = ScalingPolicy { min_blocks: 2, ..p };
         assert_eq!(floor.blocks_to_add(0, 0), 2, "min_blocks is kept");

@@ -67,10 +67,7 @@ pub async fn run(
     let blocks_dir = settings.state_dir.join("blocks");
     let make_request = {
         let mut argv = settings.manager_command.clone();
-        argv.extend([
-            "--interchange".to_owned(),
-            interchange.url.clone(),
-        ]);
+        argv.extend(["--interchange".to_owned(), interchange.url.clone()]);
         argv.extend(settings.manager_args.iter().cloned());
         let blocks_dir = blocks_dir.clone();
         let name = settings.name.clone();
@@ -137,7 +134,13 @@ pub async fn run(
             }
         };
         match agent
-            .serve(link, &mut events_rx, &mut blocks, &mut shutdown, settings.strategy_period)
+            .serve(
+                link,
+                &mut events_rx,
+                &mut blocks,
+                &mut shutdown,
+                settings.strategy_period,
+            )
             .await
         {
             Ok(Stop::Shutdown) => break Ok(()),
@@ -271,7 +274,8 @@ impl Agent {
                 self.interchange.submit(fresh, now_micros());
                 link.send(&AgentMessage::TasksAccepted { task_ids }).await?;
                 if !resend.is_empty() {
-                    link.send(&AgentMessage::Results { results: resend }).await?;
+                    link.send(&AgentMessage::Results { results: resend })
+                        .await?;
                 }
             }
             ServiceMessage::ResultsStored { task_ids } => {

@@ -323,8 +323,10 @@ impl Interchange {
                 "protocol version {} is not supported (this interchange speaks {})",
                 registration.protocol_version, PROTOCOL_VERSION
             ))
-        } else if !constant_time_eq(registration.secret.as_bytes(), self.config.secret.as_bytes())
-        {
+        } else if !constant_time_eq(
+            registration.secret.as_bytes(),
+            self.config.secret.as_bytes(),
+        ) {
             Some("wrong endpoint secret".to_owned())
         } else {
             None
@@ -510,7 +512,10 @@ impl Interchange {
         if let Some(manager) = self.managers.get_mut(identity) {
             manager.last_sent = Instant::now();
         }
-        if let Err(err) = self.router.send_multipart([identity, &encode(message)[..]], 0) {
+        if let Err(err) = self
+            .router
+            .send_multipart([identity, &encode(message)[..]], 0)
+        {
             tracing::warn!("sending to a manager failed: {err}");
         }
     }
@@ -524,7 +529,9 @@ impl Interchange {
                 .values()
                 .map(|m| {
                     let r = &m.registration;
-                    let busy = m.busy_workers.max(m.outstanding.len().min(r.workers as usize) as u32);
+                    let busy = m
+                        .busy_workers
+                        .max(m.outstanding.len().min(r.workers as usize) as u32);
                     ManagerStatus {
                         manager_id: r.manager_id.0.clone(),
                         block_id: r.block_id.0.clone(),

@@ -282,8 +282,12 @@ mod tests {
         {
             let (mut journal, recovered) = Journal::open(&path, true).unwrap();
             assert!(recovered.pending.is_empty());
-            journal.append_tasks(&[a.clone(), b.clone(), c.clone()]).unwrap();
-            journal.append_results(&[result(b.task_id), result(c.task_id)]).unwrap();
+            journal
+                .append_tasks(&[a.clone(), b.clone(), c.clone()])
+                .unwrap();
+            journal
+                .append_results(&[result(b.task_id), result(c.task_id)])
+                .unwrap();
             journal.mark_stored(&[c.task_id]).unwrap();
         }
         let (journal, recovered) = Journal::open(&path, true).unwrap();

@@ -97,7 +97,9 @@ impl Link {
             match self.socket.next().await? {
                 Ok(Message::Binary(frame)) => match decode::<ServiceMessage>(&frame) {
                     Ok(message) => return Some(message),
-                    Err(err) => tracing::warn!("dropping a malformed frame from the service: {err}"),
+                    Err(err) => {
+                        tracing::warn!("dropping a malformed frame from the service: {err}")
+                    }
                 },
                 Ok(Message::Close(_)) => return None,
                 Ok(_) => {}

@@ -120,7 +120,10 @@ async fn measure_all(
     let hello_doc = Bytes::from_static(b"\"hello-world\"");
     let (status, _, body) = api.invoke(ep, &hello, hello_doc.clone(), 120).await?;
     if !status.is_success() || &body[..] != b"\"hello-world\"" {
-        bail!("cold call answered {status}: {}", String::from_utf8_lossy(&body));
+        bail!(
+            "cold call answered {status}: {}",
+            String::from_utf8_lossy(&body)
+        );
     }
     out["cold_start"] = json!({"cold_start_s": started.elapsed().as_secs_f64()});
 
@@ -211,7 +214,9 @@ async fn throughput(
     budget: Duration,
 ) -> anyhow::Result<Value> {
     let start = api.call(reqwest::Method::GET, "/v1/results", None).await?;
-    let mut cursor = start["cursor"].as_u64().context("no cursor in /v1/results")?;
+    let mut cursor = start["cursor"]
+        .as_u64()
+        .context("no cursor in /v1/results")?;
     let t0 = Instant::now();
     let deadline = t0 + budget;
 
@@ -228,7 +233,9 @@ async fn throughput(
             while i < args.len() {
                 let mut body = format!("{{\"endpoint\":\"{endpoint}\",\"tasks\":[");
                 let first = i;
-                while i < args.len() && (i == first || (body.len() < batch_bytes_limit && i - first < 2000)) {
+                while i < args.len()
+                    && (i == first || (body.len() < batch_bytes_limit && i - first < 2000))
+                {
                     if i > first {
                         body.push(',');
                     }
@@ -242,7 +249,10 @@ async fn throughput(
                     .send(reqwest::Method::POST, "/v1/tasks", Some(Bytes::from(body)))
                     .await?;
                 if !status.is_success() {
-                    bail!("batch submit answered {status}: {}", String::from_utf8_lossy(&answer));
+                    bail!(
+                        "batch submit answered {status}: {}",
+                        String::from_utf8_lossy(&answer)
+                    );
                 }
                 let answer: Value = serde_json::from_slice(&answer)?;
                 for id in answer["task_ids"].as_array().into_iter().flatten() {

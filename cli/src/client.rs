@@ -23,7 +23,11 @@ pub struct ApiError {
 
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let code = self.body.get("error").and_then(Value::as_str).unwrap_or("error");
+        let code = self
+            .body
+            .get("error")
+            .and_then(Value::as_str)
+            .unwrap_or("error");
         let message = self
             .body
             .get("message")
@@ -164,7 +168,9 @@ impl Api {
         let (status, headers, body) = self
             .send(
                 reqwest::Method::POST,
-                &format!("/v1/endpoints/{endpoint}/functions/{function_id}/invoke?timeout={timeout_s}"),
+                &format!(
+                    "/v1/endpoints/{endpoint}/functions/{function_id}/invoke?timeout={timeout_s}"
+                ),
                 Some(document),
             )
             .await?;

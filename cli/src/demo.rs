@@ -201,10 +201,15 @@ fn print_table(report: &DemoReport) {
         report.cold_since_endpoint_start_ms
     );
     println!();
-    println!("{:<42} {:>10} {:>10}", "warm call breakdown (ms)", "mean", "p50");
+    println!(
+        "{:<42} {:>10} {:>10}",
+        "warm call breakdown (ms)", "mean", "p50"
+    );
     for c in &report.breakdown {
         println!("{:<42} {:>10.3} {:>10.3}", c.name, c.mean_ms, c.p50_ms);
     }
     println!();
-    println!("funcX paper, for reference (service on AWS, over the internet): warm 76 ms, cold 2.9 s");
+    println!(
+        "funcX paper, for reference (service on AWS, over the internet): warm 76 ms, cold 2.9 s"
+    );
 }

@@ -6,7 +6,9 @@ use crate::ServiceArgs;
 use anyhow::{bail, Context};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use scifaas_agent::config::{endpoint_config_text, EndpointConfig, BUILTIN_CONFIGS, DEFAULT_SERVICE_URL};
+use scifaas_agent::config::{
+    endpoint_config_text, EndpointConfig, BUILTIN_CONFIGS, DEFAULT_SERVICE_URL,
+};
 use scifaas_agent::endpoint::AgentSettings;
 use scifaas_providers::Provider;
 use std::io::Write;
@@ -80,12 +82,18 @@ fn configure(name: &str, from: &str, service: Option<&str>) -> anyhow::Result<()
     check_endpoint_name(name)?;
     let Some((_, template)) = BUILTIN_CONFIGS.iter().find(|(n, _)| *n == from) else {
         let known: Vec<&str> = BUILTIN_CONFIGS.iter().map(|(n, _)| *n).collect();
-        bail!("no shipped config named `{from}`; known: {}", known.join(", "));
+        bail!(
+            "no shipped config named `{from}`; known: {}",
+            known.join(", ")
+        );
     };
     let dir = endpoint_dir(name);
     let path = dir.join("config.yaml");
     if path.exists() {
-        bail!("{} already exists; edit it, or remove it to start over", path.display());
+        bail!(
+            "{} already exists; edit it, or remove it to start over",
+            path.display()
+        );
     }
     std::fs::create_dir_all(&dir)?;
     let text = endpoint_config_text(template, name, service.unwrap_or(DEFAULT_SERVICE_URL));
@@ -127,7 +135,11 @@ async fn start(name: &str, token: Option<String>) -> anyhow::Result<()> {
     let agent_token = agent_token(name, &dir, &config, token).await?;
     let _pid_file = PidFile::create(&dir.join("agent.pid"))?;
     let (settings, provider) = agent_settings(name, &config, dir.clone(), &agent_token)?;
-    println!("endpoint {name}: agent running (pid {}), service {}", std::process::id(), config.service_url);
+    println!(
+        "endpoint {name}: agent running (pid {}), service {}",
+        std::process::id(),
+        config.service_url
+    );
     scifaas_agent::endpoint::run(settings, provider, crate::service_cmd::shutdown_signal()).await
 }
 
@@ -169,7 +181,10 @@ impl PidFile {
     fn create(path: &Path) -> anyhow::Result<PidFile> {
         if let Some(pid) = read_pid(path) {
             if alive(pid) {
-                bail!("the agent is already running (pid {pid}, {})", path.display());
+                bail!(
+                    "the agent is already running (pid {pid}, {})",
+                    path.display()
+                );
             }
         }
         std::fs::write(path, format!("{}\n", std::process::id()))?;
@@ -218,7 +233,10 @@ fn start_detached(name: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         if read_pid(&pid_path) == Some(pid) {
-            println!("endpoint {name}: agent started (pid {pid}); log {}", log_path.display());
+            println!(
+                "endpoint {name}: agent started (pid {pid}); log {}",
+                log_path.display()
+            );
             return Ok(());
         }
         if !alive(pid) {

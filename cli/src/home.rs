@@ -6,7 +6,9 @@ pub fn home() -> PathBuf {
     if let Some(dir) = std::env::var_os("SCIFAAS_HOME") {
         return PathBuf::from(dir);
     }
-    let user_home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let user_home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     user_home.join(".scifaas")
 }
 

@@ -27,9 +27,15 @@ pub struct ManagerCmd {
 
 /// The batch job a manager runs in, from the scheduler's environment.
 fn batch_job_id() -> Option<String> {
-    ["SLURM_JOB_ID", "PBS_JOBID", "COBALT_JOBID", "LSB_JOBID", "SCIFAAS_JOB_ID"]
-        .iter()
-        .find_map(|var| std::env::var(var).ok().filter(|v| !v.is_empty()))
+    [
+        "SLURM_JOB_ID",
+        "PBS_JOBID",
+        "COBALT_JOBID",
+        "LSB_JOBID",
+        "SCIFAAS_JOB_ID",
+    ]
+    .iter()
+    .find_map(|var| std::env::var(var).ok().filter(|v| !v.is_empty()))
 }
 
 pub fn run(cmd: ManagerCmd) -> anyhow::Result<()> {

@@ -29,7 +29,10 @@ pub async fn run(cmd: ServiceCmd) -> anyhow::Result<()> {
     let service = scifaas_service::start(config).await?;
     // Tests and scripts read these two lines; keep their form.
     println!("listening on http://{}", service.addr);
-    println!("admin token: {} (mode 0600)", service.admin_token_path.display());
+    println!(
+        "admin token: {} (mode 0600)",
+        service.admin_token_path.display()
+    );
     shutdown_signal().await;
     tracing::info!("shutting down");
     service.shutdown().await;

@@ -64,11 +64,18 @@ pub async fn token(cmd: TokenCmd) -> anyhow::Result<()> {
     let TokenCmd::Create { user, service } = cmd;
     let api = Api::from_args(&service)?;
     let answer = api
-        .call(reqwest::Method::POST, "/v1/tokens", Some(&json!({"user": user})))
+        .call(
+            reqwest::Method::POST,
+            "/v1/tokens",
+            Some(&json!({"user": user})),
+        )
         .await?;
     println!(
         "{}",
-        answer.get("token").and_then(Value::as_str).unwrap_or_default()
+        answer
+            .get("token")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
     );
     Ok(())
 }
@@ -79,8 +86,8 @@ pub async fn function(cmd: FunctionCmd) -> anyhow::Result<()> {
         name,
         service,
     } = cmd;
-    let source = std::fs::read_to_string(&file)
-        .with_context(|| format!("reading {}", file.display()))?;
+    let source =
+        std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
     let api = Api::from_args(&service)?;
     println!("{}", api.register_function(&name, &source).await?);
     Ok(())

@@ -251,7 +251,11 @@ impl Manager {
                 deadline: Some(deadline),
             }) = running
             {
-                if now >= *deadline && !self.slots[slot].walltime_hit.load(std::sync::atomic::Ordering::Acquire) {
+                if now >= *deadline
+                    && !self.slots[slot]
+                        .walltime_hit
+                        .load(std::sync::atomic::Ordering::Acquire)
+                {
                     tracing::warn!(slot, %task_id, "task exceeded its walltime; killing its worker");
                     self.slots[slot].kill_for_walltime();
                 }
@@ -292,7 +296,10 @@ impl Manager {
     }
 }
 
-fn await_registration(dealer: &zmq::Socket, timeout: Duration) -> anyhow::Result<(Duration, Duration)> {
+fn await_registration(
+    dealer: &zmq::Socket,
+    timeout: Duration,
+) -> anyhow::Result<(Duration, Duration)> {
     let deadline = Instant::now() + timeout;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());

@@ -1,11 +1,9 @@
 //! A worker slot: one thread that owns one warm worker process and runs one task at a
 //! time on it, replacing the worker when it dies.
 
-use scifaas_protocol::{
-    Actor, ErrorKind, TaskError, TaskResult, TaskSpec, TaskState, Transition,
-};
-use scifaas_worker::{Worker, WorkerCommand};
+use scifaas_protocol::{Actor, ErrorKind, TaskError, TaskResult, TaskSpec, TaskState, Transition};
 use scifaas_worker::WorkerKiller;
+use scifaas_worker::{Worker, WorkerCommand};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 

@@ -52,8 +52,12 @@ pub enum InterchangeMessage {
         heartbeat_threshold_ms: u64,
     },
     /// Registration refused; the manager exits with this reason.
-    Rejected { reason: String },
-    Tasks { tasks: Vec<TaskSpec> },
+    Rejected {
+        reason: String,
+    },
+    Tasks {
+        tasks: Vec<TaskSpec>,
+    },
     Heartbeat,
     /// Stop taking work, finish what you hold, then say `Bye` and exit.
     Drain,

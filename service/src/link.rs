@@ -103,10 +103,19 @@ async fn serve_agent(app: Arc<App>, endpoint: Arc<Endpoint>, socket: WebSocket) 
         endpoint_name: endpoint.name.clone(),
     }));
     let mut writer = tokio::spawn(write_frames(sink, outgoing));
-    // Attach before reading the backlog: a task stored meanwhile is then either pushed
-    // on this link or found by the backlog read (perhaps both; the agent dedups by id).
+    // Attach first, then take the store's horizon: a task the submit path did not push
+    // here was handed off before the attach, so it was committed before it, and lies
+    // within the horizon; a task past the horizon is pushed here. The backlog therefore
+    // misses nothing and, but for a narrow race, repeats nothing (the agent dedups a
+    // repeat by id anyway).
     let link = app.hub.on_agent_connected(endpoint.id, sender.clone());
-    let backlog = tokio::spawn(resend_backlog(app.clone(), endpoint.id, sender.clone()));
+    let horizon = app.store.task_horizon();
+    let backlog = tokio::spawn(resend_backlog(
+        app.clone(),
+        endpoint.id,
+        horizon,
+        sender.clone(),
+    ));
 
     let stopping = app.stopping();
     tokio::pin!(stopping);
@@ -194,7 +203,7 @@ fn on_frame(app: &Arc<App>, endpoint: &Endpoint, sender: &LinkSender, frame: &[u
             tracing::warn!(endpoint = endpoint.name, "ignoring a second hello");
         }
         AgentMessage::TasksAccepted { task_ids } if !task_ids.is_empty() => {
-            app.store.mark_accepted(endpoint.id, task_ids, now_micros());
+            app.store.mark_accepted(endpoint.id, task_ids);
         }
         AgentMessage::Progress { updates } if !updates.is_empty() => {
             app.store.progress(endpoint.id, updates);
@@ -288,9 +297,9 @@ fn truncate(text: &mut String, limit: usize) {
     }
 }
 
-/// Sends the endpoint's unfinished tasks, oldest first: the not yet accepted, then those
-/// an agent accepted but never finished.
-async fn resend_backlog(app: Arc<App>, endpoint: EndpointId, sender: LinkSender) {
+/// Sends the endpoint's unfinished tasks up to `horizon` (a task rowid), oldest first:
+/// the not yet accepted, then those an agent accepted but never finished.
+async fn resend_backlog(app: Arc<App>, endpoint: EndpointId, horizon: i64, sender: LinkSender) {
     let states = [
         TaskState::Received,
         TaskState::WaitingForEndpoint,
@@ -304,7 +313,7 @@ async fn resend_backlog(app: Arc<App>, endpoint: EndpointId, sender: LinkSender)
         loop {
             let page = match app
                 .store
-                .pending_page(endpoint, state, after, BACKLOG_PAGE)
+                .pending_page(endpoint, state, (after, horizon), BACKLOG_PAGE)
                 .await
             {
                 Ok(page) => page,

@@ -7,7 +7,7 @@ use common::{start_service, states, success, wait_for_state, Api, ScriptedAgent}
 use scifaas_protocol::link::{
     AgentMessage, BlockStatus, EndpointStatus, ManagerStatus, ServiceMessage, TaskProgress,
 };
-use scifaas_protocol::{Actor, TaskId, TaskSpec, TaskState, Transition, PROTOCOL_VERSION};
+use scifaas_protocol::{TaskId, TaskSpec, PROTOCOL_VERSION};
 use serde_json::json;
 use std::collections::HashSet;
 use std::time::Duration;
@@ -64,18 +64,19 @@ async fn the_agent_gets_tasks_from_before_and_after_it_connected_and_returns_res
 
     agent.accept(&backlog).await;
     wait_for_state(&api, &early, "waiting-for-nodes").await;
-    agent
-        .send(&AgentMessage::Progress {
-            updates: vec![TaskProgress {
-                task_id: backlog[0].task_id,
-                transition: Transition::now(TaskState::WaitingForLaunch, Actor::Interchange),
-            }],
+    let result = success(backlog[0].task_id, "{\"value\": 2}");
+    // The agent's and the interchange's stamps reported early as progress, and again
+    // with the result (as after a reconnect): each recorded once.
+    let updates = result.transitions[..2]
+        .iter()
+        .map(|&transition| TaskProgress {
+            task_id: backlog[0].task_id,
+            transition,
         })
-        .await;
+        .collect();
+    agent.send(&AgentMessage::Progress { updates }).await;
     wait_for_state(&api, &early, "waiting-for-launch").await;
-    agent
-        .finish(vec![success(backlog[0].task_id, "{\"value\": 2}")])
-        .await;
+    agent.finish(vec![result]).await;
 
     let task = api.task(&early).await;
     assert_eq!(task["state"], "success");
@@ -106,7 +107,7 @@ async fn the_agent_gets_tasks_from_before_and_after_it_connected_and_returns_res
             "agent",
             "interchange",
             "manager",
-            "service"
+            "manager"
         ]
     );
     assert!(task["timing"]["exec_start"].as_i64().unwrap() > 0);

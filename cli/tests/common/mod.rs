@@ -69,7 +69,10 @@ pub struct Stack {
 impl Stack {
     /// Starts a service on a free port.
     pub fn start() -> Stack {
-        let home = tempfile::Builder::new().prefix("scifaas-test-").tempdir().unwrap();
+        let home = tempfile::Builder::new()
+            .prefix("scifaas-test-")
+            .tempdir()
+            .unwrap();
         let (service, url) = start_service(home.path(), "127.0.0.1:0");
         let port = url.rsplit(':').next().unwrap().parse().unwrap();
         let admin_token = std::fs::read_to_string(home.path().join("service/admin-token"))
@@ -131,7 +134,8 @@ impl Stack {
 
     /// Starts `scifaas endpoint start NAME` in the foreground, as a child.
     pub fn start_endpoint(&self, name: &str) -> Proc {
-        let log = std::fs::File::create(self.home.path().join(format!("{name}-agent.log"))).unwrap();
+        let log =
+            std::fs::File::create(self.home.path().join(format!("{name}-agent.log"))).unwrap();
         let child = self
             .command()
             .args(["endpoint", "start", name])
@@ -151,21 +155,35 @@ impl Stack {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(view) = self.get(&format!("/v1/endpoints/{name}")) {
-                let managers = view["managers"].as_array().map(|m| !m.is_empty()).unwrap_or(false);
+                let managers = view["managers"]
+                    .as_array()
+                    .map(|m| !m.is_empty())
+                    .unwrap_or(false);
                 if view["connected"] == json!(true) && managers {
                     return;
                 }
             }
             if Instant::now() > deadline {
-                let log = std::fs::read_to_string(self.home.path().join(format!("{name}-agent.log"))).unwrap_or_default();
+                let log =
+                    std::fs::read_to_string(self.home.path().join(format!("{name}-agent.log")))
+                        .unwrap_or_default();
                 panic!("endpoint {name} not ready within 60 s; agent log:\n{log}");
             }
             std::thread::sleep(Duration::from_millis(50));
         }
     }
 
-    pub fn request(&self, method: reqwest::Method, path: &str, body: Option<Vec<u8>>, token: &str) -> (u16, Value, reqwest::header::HeaderMap) {
-        let mut req = self.http.request(method, format!("{}{path}", self.url)).bearer_auth(token);
+    pub fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        token: &str,
+    ) -> (u16, Value, reqwest::header::HeaderMap) {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(token);
         if let Some(body) = body {
             req = req.header("content-type", "application/json").body(body);
         }
@@ -173,17 +191,27 @@ impl Stack {
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         let bytes = resp.bytes().unwrap();
-        let value = serde_json::from_slice(&bytes).unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        let value = serde_json::from_slice(&bytes)
+            .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into_owned()));
         (status, value, headers)
     }
 
     pub fn get(&self, path: &str) -> Result<Value, (u16, Value)> {
         let (status, value, _) = self.request(reqwest::Method::GET, path, None, &self.admin_token);
-        if status < 300 { Ok(value) } else { Err((status, value)) }
+        if status < 300 {
+            Ok(value)
+        } else {
+            Err((status, value))
+        }
     }
 
     pub fn post(&self, path: &str, body: &Value) -> (u16, Value) {
-        let (status, value, _) = self.request(reqwest::Method::POST, path, Some(serde_json::to_vec(body).unwrap()), &self.admin_token);
+        let (status, value, _) = self.request(
+            reqwest::Method::POST,
+            path,
+            Some(serde_json::to_vec(body).unwrap()),
+            &self.admin_token,
+        );
         (status, value)
     }
 
@@ -194,35 +222,58 @@ impl Stack {
     }
 
     /// The HTTP trigger: (status, body, task id).
-    pub fn invoke(&self, endpoint: &str, function_id: &str, document: &str) -> (u16, Value, String) {
+    pub fn invoke(
+        &self,
+        endpoint: &str,
+        function_id: &str,
+        document: &str,
+    ) -> (u16, Value, String) {
         let (status, value, headers) = self.request(
             reqwest::Method::POST,
             &format!("/v1/endpoints/{endpoint}/functions/{function_id}/invoke?timeout=60"),
             Some(document.as_bytes().to_vec()),
             &self.admin_token,
         );
-        let task_id = headers.get("x-scifaas-task-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+        let task_id = headers
+            .get("x-scifaas-task-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
         (status, value, task_id)
     }
 
     /// Submits a batch; answers the task ids.
     pub fn submit(&self, endpoint: &str, function_id: &str, args: &[Value]) -> Vec<String> {
-        let tasks: Vec<Value> = args.iter().map(|a| json!({"function_id": function_id, "args": a})).collect();
-        let (status, answer) = self.post("/v1/tasks", &json!({"endpoint": endpoint, "tasks": tasks}));
+        let tasks: Vec<Value> = args
+            .iter()
+            .map(|a| json!({"function_id": function_id, "args": a}))
+            .collect();
+        let (status, answer) =
+            self.post("/v1/tasks", &json!({"endpoint": endpoint, "tasks": tasks}));
         assert!(status == 202 || status == 200, "{status} {answer}");
-        answer["task_ids"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()).collect()
+        answer["task_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect()
     }
 
     /// Waits (bounded) for a task to be terminal; answers its view.
     pub fn wait_task(&self, task_id: &str, timeout: Duration) -> Value {
         let deadline = Instant::now() + timeout;
         loop {
-            let view = self.get(&format!("/v1/tasks/{task_id}?wait=5")).expect("task view");
+            let view = self
+                .get(&format!("/v1/tasks/{task_id}?wait=5"))
+                .expect("task view");
             let state = view["state"].as_str().unwrap_or_default();
             if ["success", "failed", "cancelled"].contains(&state) {
                 return view;
             }
-            assert!(Instant::now() < deadline, "task {task_id} still {state} after {timeout:?}");
+            assert!(
+                Instant::now() < deadline,
+                "task {task_id} still {state} after {timeout:?}"
+            );
         }
     }
 }
@@ -245,9 +296,17 @@ fn start_service(home: &Path, listen: &str) -> (Proc, String) {
             }
         }
     });
-    let url = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|_| {
-        let log = std::fs::read_to_string(home.join("service.log")).unwrap_or_default();
-        panic!("the service did not start within 30 s:\n{log}")
-    });
-    (Proc { child, name: "service".into() }, url)
+    let url = rx
+        .recv_timeout(Duration::from_secs(30))
+        .unwrap_or_else(|_| {
+            let log = std::fs::read_to_string(home.join("service.log")).unwrap_or_default();
+            panic!("the service did not start within 30 s:\n{log}")
+        });
+    (
+        Proc {
+            child,
+            name: "service".into(),
+        },
+        url,
+    )
 }

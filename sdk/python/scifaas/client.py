@@ -107,6 +107,12 @@ class Client:
             **kwargs,
         )
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
     def close(self):
         """Close this thread's connection (others close when their thread ends)."""
         conn = getattr(self._local, "conn", None)

@@ -75,18 +75,16 @@ class TaskTimeout(TimeoutError):
     result later with ``Client.get_result(err.task_id)``."""
 
     def __init__(self, task_id, message=None):
-        super().__init__(message or "no result within the timeout")
+        message = message or "no result within the timeout; the task goes on"
+        super().__init__(message)
         self.task_id = task_id
-        self.message = message or "no result within the timeout"
+        self.message = message
 
     def __reduce__(self):
         return (type(self), (self.task_id, self.message))
 
     def __str__(self):
-        return "task %s: %s (it goes on; fetch its result later)" % (
-            self.task_id,
-            self.message,
-        )
+        return "task %s: %s" % (self.task_id, self.message)
 
 
 def task_failed_from_view(view):

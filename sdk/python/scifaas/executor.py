@@ -3,8 +3,9 @@
 Two background threads do all the talking, so that a thousand futures cost a handful of
 requests rather than a thousand:
 
-- the *flusher* sends submissions in batches (``POST /v1/tasks``, batch form), once
-  ``batch_size`` are waiting or ``batch_interval`` after the first of them;
+- the *flusher* sends submissions in batches (``POST /v1/tasks``, batch form): at most
+  one POST per ``batch_interval`` unless ``batch_size`` are waiting, and at once for the
+  first submission after a quiet spell;
 - the *poller* follows the caller's stream of finished tasks (``GET /v1/results``,
   long-polling from a cursor taken before the first submission) and resolves the
   futures it finds there.
@@ -28,7 +29,7 @@ log = logging.getLogger("scifaas")
 
 # Defaults of the tunables (each can be set per Executor).
 DEFAULT_BATCH_SIZE = 256  # most tasks in one POST /v1/tasks
-DEFAULT_BATCH_INTERVAL = 0.002  # seconds a submission waits for companions
+DEFAULT_BATCH_INTERVAL = 0.002  # least seconds between two batches that are not full
 DEFAULT_POLL_TIMEOUT = 10.0  # seconds one GET /v1/results long-poll may wait
 DEFAULT_RESULTS_PAGE = 1000  # most task views in one GET /v1/results answer
 
@@ -84,6 +85,8 @@ class Executor(concurrent.futures.Executor):
         # while a POST is in flight (any other unknown task is someone else's).
         self._early_results = {}
         self._posts_in_flight = 0
+        # When the flusher last took a batch (monotonic seconds).
+        self._last_post = float("-inf")
         self._shutdown = False
         self._cursor = None
         self._flusher = None
@@ -169,12 +172,15 @@ class Executor(concurrent.futures.Executor):
     # -- the flusher thread -----------------------------------------------------------
 
     def _flush_loop(self):
-        while True:
-            batch = self._next_batch()
-            if batch is None:
-                return
-            if batch:
-                self._send(batch)
+        try:
+            while True:
+                batch = self._next_batch()
+                if batch is None:
+                    return
+                if batch:
+                    self._send(batch)
+        finally:
+            self.client.close()  # this thread's connection
 
     def _next_batch(self):
         """The next batch to send; None once shut down with nothing left to send."""
@@ -186,12 +192,16 @@ class Executor(concurrent.futures.Executor):
                 self._poller_wakeup.notify()
                 return None
             if self.batch_interval > 0 and not self._shutdown:
-                deadline = time.monotonic() + self.batch_interval
+                # At most one POST per batch_interval under load, but the first
+                # submission after a quiet spell goes at once: a lone task must not pay
+                # for batching it does not need.
+                deadline = self._last_post + self.batch_interval
                 while len(self._queue) < self.batch_size and not self._shutdown:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         break
                     self._flusher_wakeup.wait(remaining)
+            self._last_post = time.monotonic()
             batch = []
             while self._queue and len(batch) < self.batch_size:
                 item = self._queue.popleft()

@@ -175,6 +175,13 @@ class Connection:
                 except OSError:
                     pass
 
+    def __del__(self):
+        # A Client's per-thread connections end with their thread or their Client.
+        try:
+            self.close()
+        except Exception:
+            pass
+
     def close(self):
         with self._interrupt_lock:
             conn, self._conn = self._conn, None

@@ -125,8 +125,10 @@ def test_invoke_of_a_raising_function_is_task_failed(client, endpoint, fn_ids):
     err = failed.value
     assert err.kind == "function-exception"
     assert err.type_name == "TypeError"
+    assert "not iterable" in err.message
     assert err.task_id
     assert "describe" in err.traceback
+    assert client.get_task(err.task_id)["state"] == "failed"
 
 
 def test_a_raising_function_gives_task_failed_with_the_remote_traceback(client, endpoint, fn_ids):

@@ -140,9 +140,27 @@ def test_shutdown_waits_for_outstanding_futures(client, endpoint):
 
 def test_shutdown_cancels_unsent_futures(client, endpoint):
     ex = Executor(endpoint, client=client, batch_size=1000, batch_interval=30)
+    # The first submission after a quiet spell goes at once; the next batch may not go
+    # before 30 s have passed.
+    first = ex.submit(square, 3)
+    assert first.result(timeout=RESULT_TIMEOUT) == 9
     futures = [ex.submit(square, i) for i in range(3)]
+    started = time.monotonic()
     ex.shutdown(wait=True, cancel_futures=True)
+    assert time.monotonic() - started < 10
     assert all(f.cancelled() for f in futures)
+
+
+def test_submissions_are_batched(client, endpoint):
+    ex = Executor(endpoint, client=client, batch_interval=0.2)
+    posts = []
+    send = ex._send
+    ex._send = lambda batch: (posts.append(len(batch)), send(batch))
+    futures = [ex.submit(square, i) for i in range(50)]
+    assert [f.result(timeout=RESULT_TIMEOUT) for f in futures] == [i * i for i in range(50)]
+    ex.shutdown()
+    # The first went alone; the other 49 waited for the interval and went together.
+    assert sum(posts) == 50 and len(posts) <= 3, posts
 
 
 def test_context_manager(client, endpoint):

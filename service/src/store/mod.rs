@@ -20,6 +20,7 @@ use scifaas_protocol::time::Micros;
 use scifaas_protocol::{EndpointId, FunctionId, TaskId, TaskResult, TaskState};
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use tokio::sync::oneshot;
 use writer::{Applied, Command, Job, WriteOp};
@@ -109,6 +110,7 @@ pub(crate) enum ResultFate {
 pub(crate) struct Store {
     commands: mpsc::Sender<Command>,
     reads: Arc<ReadPool>,
+    task_horizon: Arc<AtomicI64>,
 }
 
 impl Store {
@@ -116,12 +118,18 @@ impl Store {
     pub(crate) fn open(data_dir: &Path) -> Result<(Store, WriterThread), StoreError> {
         let path = schema::db_path(data_dir);
         let conn = schema::open_writer(&path)?;
-        let (commands, writer) = writer::spawn(conn)?;
+        let task_horizon = Arc::new(AtomicI64::new(0));
+        let (commands, writer) = writer::spawn(conn, task_horizon.clone())?;
         let reads = Arc::new(ReadPool {
             path,
             idle: Mutex::new(Vec::new()),
         });
-        Ok((Store { commands, reads }, writer))
+        let store = Store {
+            commands,
+            reads,
+            task_horizon,
+        };
+        Ok((store, writer))
     }
 
     /// Sends a write that the caller waits for; the returned future resolves once the
@@ -193,13 +201,13 @@ impl Store {
         self.deferred(WriteOp::MarkSent { task_ids, at });
     }
 
-    /// Stamps `waiting-for-nodes` (the agent's journal has them) on those of `task_ids`
-    /// of this endpoint that are not further along.
-    pub(crate) fn mark_accepted(&self, endpoint_id: EndpointId, task_ids: Vec<TaskId>, at: Micros) {
+    /// Moves those of `task_ids` of this endpoint that are not further along to
+    /// `waiting-for-nodes` (the agent's journal has them). The agent's stamp of that
+    /// transition comes with the result.
+    pub(crate) fn mark_accepted(&self, endpoint_id: EndpointId, task_ids: Vec<TaskId>) {
         self.deferred(WriteOp::MarkAccepted {
             endpoint_id,
             task_ids,
-            at,
         });
     }
 
@@ -268,16 +276,22 @@ impl Store {
         self.read(reads::last_done_seq).await
     }
 
-    /// One page of an endpoint's tasks in `state`, after `after_rowid`, in insertion
-    /// order.
+    /// The highest rowid of a committed task. Every task a caller has been told is
+    /// stored lies at or below it.
+    pub(crate) fn task_horizon(&self) -> i64 {
+        self.task_horizon.load(Ordering::SeqCst)
+    }
+
+    /// One page of an endpoint's tasks in `state` with rowids in `rows` (exclusive start,
+    /// inclusive end), in insertion order.
     pub(crate) async fn pending_page(
         &self,
         endpoint_id: EndpointId,
         state: TaskState,
-        after_rowid: i64,
+        rows: (i64, i64),
         limit: usize,
     ) -> Result<Vec<PendingTask>, StoreError> {
-        self.read(move |conn| reads::pending_page(conn, endpoint_id, state, after_rowid, limit))
+        self.read(move |conn| reads::pending_page(conn, endpoint_id, state, rows, limit))
             .await
     }
 

@@ -123,18 +123,25 @@ pub(super) fn pending_page(
     conn: &Connection,
     endpoint_id: EndpointId,
     state: TaskState,
-    after_rowid: i64,
+    (after_rowid, up_to_rowid): (i64, i64),
     limit: usize,
 ) -> Result<Vec<PendingTask>, StoreError> {
     // One state at a time, so that the (endpoint_id, state) index yields rows already in
     // rowid order and a page costs its own size, not a sort of the whole backlog.
     let mut statement = conn.prepare_cached(
         "SELECT rowid, id, function_id, payload FROM tasks
-         WHERE endpoint_id = ?1 AND state = ?2 AND rowid > ?3 ORDER BY rowid LIMIT ?4",
+         WHERE endpoint_id = ?1 AND state = ?2 AND rowid > ?3 AND rowid <= ?4
+         ORDER BY rowid LIMIT ?5",
     )?;
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let rows = statement.query_map(
-        params![endpoint_id.to_string(), state.as_str(), after_rowid, limit],
+        params![
+            endpoint_id.to_string(),
+            state.as_str(),
+            after_rowid,
+            up_to_rowid,
+            limit
+        ],
         |row| {
             Ok((
                 row.get::<_, i64>(0)?,

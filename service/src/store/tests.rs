@@ -51,7 +51,17 @@ async fn deferred_hints_ride_along_and_states_only_move_forward() {
     let id = task.id;
     store.insert_tasks(vec![task]).await.unwrap();
     store.mark_sent(vec![id], now_micros());
-    store.mark_accepted(endpoint, vec![id], now_micros());
+    store.mark_accepted(endpoint, vec![id]);
+    // A durable write after the hints: by its commit, they are committed too.
+    store.insert_tasks(vec![new_task(endpoint)]).await.unwrap();
+    let row = store.task(id).await.unwrap().unwrap();
+    assert_eq!(row.state, "waiting-for-nodes");
+    // Acceptance moves the state only; the agent's stamp comes with the result.
+    assert_eq!(
+        states(&row),
+        [TaskState::Received, TaskState::WaitingForEndpoint]
+    );
+
     let running = Transition::now(TaskState::Running, Actor::Worker);
     let progress = |transition| TaskProgress {
         task_id: id,
@@ -67,7 +77,7 @@ async fn deferred_hints_ride_along_and_states_only_move_forward() {
         ],
     );
     store.mark_sent(vec![id], now_micros());
-    store.mark_accepted(endpoint, vec![id], now_micros());
+    store.mark_accepted(endpoint, vec![id]);
     // Another endpoint's agent cannot touch the task.
     store.progress(
         EndpointId::new(),
@@ -76,7 +86,6 @@ async fn deferred_hints_ride_along_and_states_only_move_forward() {
             Actor::Agent,
         ))],
     );
-    // A durable write after the hints: by its commit, they are committed too.
     store.insert_tasks(vec![new_task(endpoint)]).await.unwrap();
     let row = store.task(id).await.unwrap().unwrap();
     assert_eq!(row.state, "running");
@@ -85,7 +94,6 @@ async fn deferred_hints_ride_along_and_states_only_move_forward() {
         [
             TaskState::Received,
             TaskState::WaitingForEndpoint,
-            TaskState::WaitingForNodes,
             TaskState::Running,
             TaskState::WaitingForLaunch,
         ]
@@ -190,20 +198,29 @@ async fn the_backlog_is_paged_by_state_in_insertion_order() {
         .insert_tasks(vec![new_task(EndpointId::new())])
         .await
         .unwrap();
+    let horizon = store.task_horizon();
     let first = store
-        .pending_page(endpoint, TaskState::Received, 0, 3)
+        .pending_page(endpoint, TaskState::Received, (0, horizon), 3)
         .await
         .unwrap();
     let rest = store
-        .pending_page(endpoint, TaskState::Received, first[2].rowid, 3)
+        .pending_page(endpoint, TaskState::Received, (first[2].rowid, horizon), 3)
         .await
         .unwrap();
     let paged: Vec<TaskId> = first.iter().chain(&rest).map(|t| t.id).collect();
     assert_eq!(paged, ids);
     assert!(store
-        .pending_page(endpoint, TaskState::Running, 0, 3)
+        .pending_page(endpoint, TaskState::Running, (0, horizon), 3)
         .await
         .unwrap()
         .is_empty());
+    // Tasks stored after the horizon was taken are not in the pages.
+    store.insert_tasks(vec![new_task(endpoint)]).await.unwrap();
+    assert!(store.task_horizon() > horizon);
+    let again = store
+        .pending_page(endpoint, TaskState::Received, (0, horizon), 10)
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 5);
     close(store, writer);
 }

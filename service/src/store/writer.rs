@@ -14,6 +14,7 @@ use scifaas_protocol::time::Micros;
 use scifaas_protocol::{
     Actor, EndpointId, ErrorKind, Outcome, TaskId, TaskResult, TaskState, Transition,
 };
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -55,7 +56,6 @@ pub(crate) enum WriteOp {
     MarkAccepted {
         endpoint_id: EndpointId,
         task_ids: Vec<TaskId>,
-        at: Micros,
     },
     Progress {
         endpoint_id: EndpointId,
@@ -88,15 +88,24 @@ impl WriterThread {
     }
 }
 
-/// Starts the writer thread on `conn`.
-pub(super) fn spawn(conn: Connection) -> Result<(mpsc::Sender<Command>, WriterThread), StoreError> {
-    let last: i64 = conn.query_row("SELECT COALESCE(MAX(done_seq), 0) FROM tasks", [], |row| {
-        row.get(0)
-    })?;
+/// Starts the writer thread on `conn`. `task_horizon` is kept at the highest rowid of a
+/// committed task.
+pub(super) fn spawn(
+    conn: Connection,
+    task_horizon: Arc<AtomicI64>,
+) -> Result<(mpsc::Sender<Command>, WriterThread), StoreError> {
+    let (last_done_seq, last_rowid): (i64, i64) = conn.query_row(
+        "SELECT COALESCE(MAX(done_seq), 0), COALESCE(MAX(rowid), 0) FROM tasks",
+        [],
+        |row| Ok((row.get(0)?, row.get(1)?)),
+    )?;
+    task_horizon.store(last_rowid, Ordering::SeqCst);
     let (commands, queue) = mpsc::channel();
     let writer = Writer {
         conn,
-        next_done_seq: last + 1,
+        next_done_seq: last_done_seq + 1,
+        inserted_up_to: last_rowid,
+        task_horizon,
     };
     let handle = std::thread::Builder::new()
         .name("scifaas-store-writer".into())
@@ -105,22 +114,14 @@ pub(super) fn spawn(conn: Connection) -> Result<(mpsc::Sender<Command>, WriterTh
     Ok((commands, WriterThread { handle }))
 }
 
-/// When a reported transition is recorded.
-#[derive(Clone, Copy)]
-enum Stamp {
-    /// Only if the task is not yet at or past that state: the service stamps these
-    /// itself (on `TasksAccepted`), so a re-acceptance after a reconnect adds nothing.
-    UnlessFurther,
-    /// Unless the very same stamp (state, time, actor) is already there: the agent
-    /// re-sends what its journal holds after a reconnect, while a retried task may
-    /// legitimately pass through a state twice.
-    Once,
-}
-
 struct Writer {
     conn: Connection,
     /// The `done_seq` the next finished task gets.
     next_done_seq: i64,
+    /// The highest rowid of a task inserted, committed or not yet.
+    inserted_up_to: i64,
+    /// The highest rowid of a committed task, published for the agent link.
+    task_horizon: Arc<AtomicI64>,
 }
 
 impl Writer {
@@ -165,6 +166,10 @@ impl Writer {
             }
             return;
         }
+        // Published before anyone hears of the commit, so whoever learns that a task is
+        // stored also sees a horizon that covers it.
+        self.task_horizon
+            .fetch_max(self.inserted_up_to, Ordering::SeqCst);
         for (reply, applied) in answers {
             answer(reply, applied);
         }
@@ -244,24 +249,13 @@ impl Writer {
             WriteOp::MarkAccepted {
                 endpoint_id,
                 task_ids,
-                at: _,
-            } => {
-                // Only the state moves here: the agent's own stamp of this transition
-                // (its clock, its journal time) arrives with the task's result.
-                let mut update = self.conn.prepare_cached(
-                    "UPDATE tasks SET state = 'waiting-for-nodes' WHERE id = ?1 AND endpoint_id = ?2 \
-                     AND state IN ('received', 'waiting-for-endpoint')",
-                )?;
-                for id in task_ids {
-                    update.execute(params![id.to_string(), endpoint_id.to_string()])?;
-                }
-            }
+            } => self.mark_accepted(endpoint_id, &task_ids)?,
             WriteOp::Progress {
                 endpoint_id,
                 updates,
             } => {
                 for update in updates {
-                    self.advance(endpoint_id, update.task_id, update.transition, Stamp::Once)?;
+                    self.advance(endpoint_id, update.task_id, update.transition)?;
                 }
             }
             WriteOp::StoreResults {
@@ -300,6 +294,7 @@ impl Writer {
                 to_json(&received),
                 task.received_at,
             ])?;
+            self.inserted_up_to = self.inserted_up_to.max(self.conn.last_insert_rowid());
         }
         Ok(())
     }
@@ -327,14 +322,39 @@ impl Writer {
         Ok(())
     }
 
-    /// Records a transition of a task in flight, as `rule` says. The task's state moves
-    /// forward only, never back and never to a terminal state (results do that).
+    /// Moves tasks the agent has journaled to `waiting-for-nodes`, unless they are
+    /// further along. Only the state moves: the agent's own stamp of this transition
+    /// (its clock, its journal time) arrives with the task's result.
+    fn mark_accepted(
+        &mut self,
+        endpoint_id: EndpointId,
+        task_ids: &[TaskId],
+    ) -> Result<(), StoreError> {
+        let mut update = self.conn.prepare_cached(
+            "UPDATE tasks SET state = ?3 WHERE id = ?1 AND endpoint_id = ?2 AND state IN (?4, ?5)",
+        )?;
+        for id in task_ids {
+            update.execute(params![
+                id.to_string(),
+                endpoint_id.to_string(),
+                TaskState::WaitingForNodes.as_str(),
+                TaskState::Received.as_str(),
+                TaskState::WaitingForEndpoint.as_str(),
+            ])?;
+        }
+        Ok(())
+    }
+
+    /// Records a transition of a task in flight, unless the very same stamp (state, time,
+    /// actor) is already there: the agent re-sends what its journal holds after a
+    /// reconnect, while a retried task may legitimately pass through a state twice. The
+    /// task's state moves forward only, never back and never to a terminal state
+    /// (results do that).
     fn advance(
         &mut self,
         endpoint_id: EndpointId,
         task_id: TaskId,
         stamp: Transition,
-        rule: Stamp,
     ) -> Result<(), StoreError> {
         let Some((state, mut transitions)) = self.lookup(endpoint_id, task_id)? else {
             return Ok(());
@@ -342,11 +362,7 @@ impl Writer {
         if state.is_terminal() || stamp.state.is_terminal() {
             return Ok(());
         }
-        let skip = match rule {
-            Stamp::UnlessFurther => state >= stamp.state,
-            Stamp::Once => transitions.contains(&stamp),
-        };
-        if skip {
+        if transitions.contains(&stamp) {
             return Ok(());
         }
         transitions.push(stamp);

@@ -328,19 +328,22 @@ impl ScriptedAgent {
     }
 }
 
-/// A successful result whose value is `json` verbatim, stamped by the "worker".
+/// A successful result whose value is `json` verbatim, stamped as the real agent stamps
+/// it: the agent's and the interchange's transitions, then the manager's.
 pub fn success(task_id: TaskId, json: &str) -> TaskResult {
     let now = scifaas_protocol::time::now_micros();
+    let stamp = |state, at, actor| Transition { state, at, actor };
     TaskResult {
         task_id,
         outcome: Outcome::Success(Bytes::copy_from_slice(json.as_bytes())),
         stdout: "printed\n".into(),
         stderr: String::new(),
-        transitions: vec![Transition {
-            state: TaskState::Running,
-            at: now,
-            actor: Actor::Manager,
-        }],
+        transitions: vec![
+            stamp(TaskState::WaitingForNodes, now - 40, Actor::Agent),
+            stamp(TaskState::WaitingForLaunch, now - 30, Actor::Interchange),
+            stamp(TaskState::Running, now, Actor::Manager),
+            stamp(TaskState::Success, now + 20, Actor::Manager),
+        ],
         timing: ResultTiming {
             exec_start: now,
             exec_end: now + 10,
