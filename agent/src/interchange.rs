@@ -427,7 +427,7 @@ impl Interchange {
             .filter(|(free, _)| *free > 0)
             .collect();
         // Most free capacity first, so a burst spreads over idle managers.
-        order.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        order.sort_unstable_by_key(|entry| std::cmp::Reverse(entry.0));
         let now = now_micros();
         for (free, identity) in order {
             if self.queue.is_empty() {

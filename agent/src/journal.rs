@@ -74,9 +74,11 @@ impl Journal {
             for record in records {
                 match record {
                     Record::Task(spec) => {
-                        if !tasks.contains_key(&spec.task_id) {
+                        if let std::collections::hash_map::Entry::Vacant(slot) =
+                            tasks.entry(spec.task_id)
+                        {
                             order.push(spec.task_id);
-                            tasks.insert(spec.task_id, (spec, None));
+                            slot.insert((spec, None));
                         }
                     }
                     Record::Result(result) => {
@@ -305,7 +307,7 @@ mod tests {
         let a = task();
         {
             let (mut journal, _) = Journal::open(&path, false).unwrap();
-            journal.append_tasks(&[a.clone()]).unwrap();
+            journal.append_tasks(std::slice::from_ref(&a)).unwrap();
         }
         // Half a record, as if the agent died mid-write.
         let torn = frame(&Record::Task(task()));

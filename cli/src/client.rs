@@ -2,7 +2,7 @@
 //! and the benchmarks.
 
 use crate::ServiceArgs;
-use anyhow::{bail, Context};
+use anyhow::Context;
 use bytes::Bytes;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -197,32 +197,6 @@ impl Api {
             Some(&json!({"task_ids": task_ids})),
         )
         .await
-    }
-
-    /// Waits until the endpoint is connected and has a registered manager.
-    pub async fn wait_for_endpoint(
-        &self,
-        name: &str,
-        timeout: std::time::Duration,
-    ) -> anyhow::Result<()> {
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            if let Ok(view) = self.endpoint(name).await {
-                let connected = view.get("connected").and_then(Value::as_bool) == Some(true);
-                let managers = view
-                    .get("managers")
-                    .and_then(Value::as_array)
-                    .map(|m| !m.is_empty())
-                    .unwrap_or(false);
-                if connected && managers {
-                    return Ok(());
-                }
-            }
-            if std::time::Instant::now() > deadline {
-                bail!("endpoint {name} did not come up within {timeout:?}");
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
     }
 }
 

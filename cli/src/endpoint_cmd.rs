@@ -284,7 +284,7 @@ fn list() -> anyhow::Result<()> {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
-    println!("{:<24} {:<10} {}", "NAME", "STATE", "PID");
+    println!("{:<24} {:<10} PID", "NAME", "STATE");
     for name in names {
         let pid = read_pid(&endpoint_dir(&name).join("agent.pid")).filter(|p| alive(*p));
         let (state, pid) = match pid {

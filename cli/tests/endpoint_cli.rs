@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{signal, Stack};
+use common::Stack;
 use std::time::{Duration, Instant};
 
 fn run_ok(stack: &Stack, args: &[&str]) -> String {
@@ -111,7 +111,6 @@ fn configure_start_detached_status_list_and_stop() {
     );
     let list = run_ok(&stack, &["endpoint", "list"]);
     assert!(list.contains("stopped"), "{list}");
-    signal(pid, 0);
 }
 
 #[test]
