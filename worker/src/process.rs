@@ -124,10 +124,12 @@ impl Worker {
         let timed_out = watchdog.join().unwrap_or(false);
 
         let failure = match started {
-            Ok(()) => {
+            Ok(()) if !timed_out => {
                 tracing::debug!(pid, python = %worker.python_version, "worker ready");
                 return Ok(worker);
             }
+            // "ready" raced the watchdog and lost: the worker has been killed.
+            Ok(()) => StartFailure::Exited,
             Err(failure) => failure,
         };
         let exit = match failure {
