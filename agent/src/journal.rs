@@ -258,6 +258,7 @@ mod tests {
                 hash: "h".into(),
                 name: "f".into(),
                 source: Bytes::from_static(b"def f(): pass"),
+                container: None,
             },
             payload: Bytes::from_static(b"{\"args\":[],\"kwargs\":{}}"),
             walltime_ms: None,

@@ -84,6 +84,7 @@ mod tests {
                     hash: "abc".into(),
                     name: "f".into(),
                     source: Bytes::from_static(b"def f(x): return x"),
+                    container: None,
                 },
                 payload: payload.clone(),
                 walltime_ms: Some(1000),

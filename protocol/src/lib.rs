@@ -16,7 +16,9 @@ pub mod time;
 pub use codec::{decode, encode, DecodeError};
 pub use ids::{BlockId, EndpointId, FunctionId, ManagerId, TaskId};
 pub use state::{Actor, TaskState, Transition};
-pub use task::{ErrorKind, FunctionSpec, Outcome, ResultTiming, TaskError, TaskResult, TaskSpec};
+pub use task::{
+    ContainerSpec, ErrorKind, FunctionSpec, Outcome, ResultTiming, TaskError, TaskResult, TaskSpec,
+};
 
 /// Bumped whenever a message defined in this crate changes incompatibly. Carried in every
 /// registration (agent -> service, manager -> interchange) and checked on arrival.

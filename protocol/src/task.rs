@@ -18,6 +18,24 @@ pub struct FunctionSpec {
     pub name: String,
     /// Python source text; opaque bytes to every Rust component.
     pub source: Bytes,
+    /// The container the function must run in; `None`: the endpoint's default
+    /// (`engine.container`), or no container.
+    #[serde(default)]
+    pub container: Option<ContainerSpec>,
+}
+
+/// A container image and the runtime that starts it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ContainerSpec {
+    /// The runtime: `apptainer`, `singularity`, `charliecloud`, `docker`, `podman`,
+    /// `shifter` or `bwrap`.
+    #[serde(rename = "type")]
+    pub runtime: String,
+    /// The image: a path (`.sif`, a directory tree) or a registry reference.
+    pub image: String,
+    /// Extra runtime options, as a shell-like string (`-B /scratch`).
+    #[serde(default)]
+    pub options: Option<String>,
 }
 
 /// One task on its way from the service to a worker.

@@ -150,6 +150,7 @@ impl Registry {
                 hash: row.hash,
                 name: row.name,
                 source: Bytes::from(row.source),
+                container: None,
             },
         });
         inner

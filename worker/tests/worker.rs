@@ -22,6 +22,7 @@ fn function(name: &str, source: &str) -> FunctionSpec {
         hash: format!("{name}-{}", FunctionId::new()),
         name: name.into(),
         source: Bytes::copy_from_slice(source.as_bytes()),
+        container: None,
     }
 }
 
