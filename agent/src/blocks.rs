@@ -1,14 +1,21 @@
 //! Blocks (pilot jobs) and the scaling strategy that decides how many there should be.
 //!
-//! Block state comes mainly from events (a manager registers with its block id); the
-//! provider is polled on the strategy period, in one call for all blocks. A block that
-//! the provider reports as unknown is not treated as finished until a later poll says
-//! so or its managers are gone.
+//! Block state comes mainly from events: a manager registers with its block id, a
+//! manager says goodbye or goes silent. The provider is polled rarely
+//! (`status_poll_period`), always in one call for all blocks, and a job missing from its
+//! answer (`Unknown`) is never taken as finished: the next poll or the block's managers
+//! settle it.
+//!
+//! Scale-out: `ceil((tasks x parallelism - slots) / slots_per_block)` within
+//! `min_blocks..max_blocks`. Scale-in, after `max_idletime` without work: queued pilots
+//! are cancelled first, then running blocks whose managers hold no task are drained
+//! (their managers finish and exit, which ends the pilot). A block with a task on it is
+//! never cancelled. Submission failures back off, then pause provisioning until an
+//! admin resumes it.
 
-use scifaas_protocol::link::BlockStatus;
+use scifaas_protocol::link::{BlockStatus, ManagerStatus};
 use scifaas_providers::{BlockRequest, JobId, JobState, Provider};
 use std::collections::{BTreeMap, HashSet};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// The knobs of scaling; from the endpoint config.
@@ -21,6 +28,8 @@ pub struct ScalingPolicy {
     pub workers_per_node: u32,
     pub parallelism: f64,
     pub max_idletime: Duration,
+    /// How often to ask the provider for block states (one call for all blocks).
+    pub status_poll_period: Duration,
 }
 
 impl ScalingPolicy {
@@ -28,11 +37,11 @@ impl ScalingPolicy {
         u64::from(self.nodes_per_block.max(1)) * u64::from(self.workers_per_node.max(1))
     }
 
-    /// How many blocks to add for `outstanding` tasks when `active` blocks exist:
-    /// `ceil((tasks x parallelism - slots) / slots_per_block)`, within `max_blocks`,
-    /// and at least enough to reach `min_blocks`.
-    pub fn blocks_to_add(&self, outstanding: u64, active: u32) -> u32 {
-        let slots = u64::from(active) * self.slots_per_block();
+    /// How many blocks to add for `outstanding` tasks when `active` blocks (and
+    /// `slots` worker slots among them) exist: enough to cover
+    /// `tasks x parallelism`, within `max_blocks`, and at least enough to reach
+    /// `min_blocks`.
+    pub fn blocks_to_add(&self, outstanding: u64, active: u32, slots: u64) -> u32 {
         let wanted_slots = (outstanding as f64 * self.parallelism).ceil() as u64;
         let mut add = if outstanding > 0 && wanted_slots > slots {
             (wanted_slots - slots).div_ceil(self.slots_per_block()) as u32
@@ -48,13 +57,37 @@ impl ScalingPolicy {
     }
 }
 
+/// After this many submission failures in a row, provisioning pauses until resumed.
+pub const PAUSE_AFTER_FAILURES: u32 = 3;
+
+/// Wait before the next submission after `failures` failures in a row.
+fn submit_backoff(failures: u32) -> Duration {
+    match failures {
+        0 | 1 => Duration::ZERO,
+        2 => Duration::from_secs(60),
+        _ => Duration::from_secs(15 * 60),
+    }
+}
+
 /// One pilot job.
 #[derive(Debug)]
 struct Block {
     job_id: JobId,
     state: JobState,
+    /// Managers registered and not gone.
     managers: HashSet<String>,
+    /// Whether any manager ever registered (a block whose managers all left is over).
+    ever_registered: bool,
     draining: bool,
+}
+
+/// What the agent must tell the interchange after a strategy round.
+#[derive(Debug, PartialEq, Eq)]
+pub enum BlockAction {
+    /// Ask the block's managers to finish their tasks and exit.
+    Drain(String),
+    /// The block's job ended while managers were registered: they are lost with it.
+    Lost { block_id: String, reason: String },
 }
 
 /// The agent's blocks and their provider.
@@ -64,19 +97,21 @@ pub struct Blocks {
     blocks: BTreeMap<String, Block>,
     next_index: u64,
     idle_since: Option<Instant>,
-    /// The last submission error, reported in the endpoint status until a submit works.
-    pub last_error: Option<String>,
+    last_poll: Option<Instant>,
+    submit_failures: u32,
+    next_submit_at: Option<Instant>,
+    /// The last submission error, until a submission works.
+    submit_error: Option<String>,
+    /// Set after repeated submission failures; cleared by [`Blocks::resume`].
+    paused: Option<String>,
     /// Builds the request for a new block (script dir, manager command, environment).
     make_request: Box<dyn Fn(&str) -> BlockRequest + Send>,
-    /// Where blocks' directories live.
-    pub blocks_dir: PathBuf,
 }
 
 impl Blocks {
     pub fn new(
         provider: Box<dyn Provider>,
         policy: ScalingPolicy,
-        blocks_dir: PathBuf,
         make_request: Box<dyn Fn(&str) -> BlockRequest + Send>,
     ) -> Self {
         Self {
@@ -85,56 +120,123 @@ impl Blocks {
             blocks: BTreeMap::new(),
             next_index: 0,
             idle_since: None,
-            last_error: None,
+            last_poll: None,
+            submit_failures: 0,
+            next_submit_at: None,
+            submit_error: None,
+            paused: None,
             make_request,
-            blocks_dir,
         }
     }
 
-    fn active(&self) -> u32 {
+    /// Blocks that count towards capacity: not ended, not draining.
+    fn active(&self) -> impl Iterator<Item = &Block> {
         self.blocks
             .values()
             .filter(|b| !b.state.is_terminal() && !b.draining)
-            .count() as u32
+    }
+
+    /// Worker slots of the active blocks. A block whose managers have registered counts
+    /// what they registered; a queued block counts what it will bring.
+    fn slots(&self) -> u64 {
+        let per_node = u64::from(self.policy.workers_per_node.max(1));
+        self.active()
+            .map(|b| {
+                if b.ever_registered {
+                    b.managers.len() as u64 * per_node
+                } else {
+                    self.policy.slots_per_block()
+                }
+            })
+            .sum()
     }
 
     /// Submits the configured initial blocks.
     pub fn start(&mut self) {
         let n = self.policy.init_blocks.max(self.policy.min_blocks);
         for _ in 0..n {
-            self.submit_one();
+            if !self.submit_one() {
+                break;
+            }
         }
     }
 
-    fn submit_one(&mut self) {
+    /// Submits one block; false when it failed or provisioning is held back.
+    fn submit_one(&mut self) -> bool {
+        if self.paused.is_some() {
+            return false;
+        }
+        if let Some(at) = self.next_submit_at {
+            if Instant::now() < at {
+                return false;
+            }
+        }
         let block_id = format!("block-{}", self.next_index);
         self.next_index += 1;
         let request = (self.make_request)(&block_id);
         match self.provider.submit(&request) {
             Ok(job_id) => {
-                tracing::info!(%block_id, job_id = %job_id, provider = self.provider.name(), "submitted a block");
-                self.last_error = None;
-                self.blocks.insert(
-                    block_id,
-                    Block {
-                        job_id,
-                        state: JobState::Pending,
-                        managers: HashSet::new(),
-                        draining: false,
-                    },
-                );
+                self.on_submitted(block_id, job_id);
+                true
             }
             Err(err) => {
-                tracing::error!(%block_id, "submitting a block failed: {err}");
-                self.last_error = Some(err.to_string());
+                self.on_submission_failed(&block_id, err.to_string());
+                false
             }
         }
+    }
+
+    fn on_submitted(&mut self, block_id: String, job_id: JobId) {
+        tracing::info!(%block_id, %job_id, provider = self.provider.name(), "submitted a block");
+        self.submit_failures = 0;
+        self.next_submit_at = None;
+        self.submit_error = None;
+        self.blocks.insert(
+            block_id,
+            Block {
+                job_id,
+                state: JobState::Pending,
+                managers: HashSet::new(),
+                ever_registered: false,
+                draining: false,
+            },
+        );
+    }
+
+    fn on_submission_failed(&mut self, block_id: &str, error: String) {
+        self.submit_failures += 1;
+        tracing::error!(%block_id, failures = self.submit_failures, "submitting a block failed: {error}");
+        if self.submit_failures >= PAUSE_AFTER_FAILURES {
+            tracing::error!(
+                "provisioning paused after {} failed submissions; fix the cause, then `scifaas endpoint resume`",
+                self.submit_failures
+            );
+            self.paused = Some(format!(
+                "paused after {} failed submissions; last error: {error}",
+                self.submit_failures
+            ));
+        }
+        self.next_submit_at = Some(Instant::now() + submit_backoff(self.submit_failures));
+        self.submit_error = Some(error);
+    }
+
+    /// Lifts a pause: the next strategy round submits again.
+    pub fn resume(&mut self) {
+        if self.paused.take().is_some() {
+            tracing::info!("provisioning resumed");
+        }
+        self.submit_failures = 0;
+        self.next_submit_at = None;
     }
 
     pub fn on_manager_registered(&mut self, block_id: &str, manager_id: &str) {
         if let Some(block) = self.blocks.get_mut(block_id) {
             block.managers.insert(manager_id.to_owned());
-            if block.state == JobState::Pending || block.state == JobState::Unknown {
+            block.ever_registered = true;
+            if matches!(
+                block.state,
+                JobState::Pending | JobState::Unknown | JobState::Held
+            ) {
                 block.state = JobState::Running;
             }
         }
@@ -146,74 +248,132 @@ impl Blocks {
         }
     }
 
-    /// One strategy round: refresh states, scale out for `outstanding` tasks, scale in
-    /// after `max_idletime` without work. Returns the blocks to drain.
-    pub fn strategy_round(&mut self, outstanding: u64) -> Vec<String> {
-        self.poll();
-        let add = self.policy.blocks_to_add(outstanding, self.active());
+    /// One strategy round: refresh states when due, scale out for `outstanding` tasks,
+    /// scale in after `max_idletime` without work. `managers` is the interchange's view.
+    pub fn strategy_round(
+        &mut self,
+        outstanding: u64,
+        managers: &[ManagerStatus],
+    ) -> Vec<BlockAction> {
+        let mut actions = Vec::new();
+        let due = self
+            .last_poll
+            .is_none_or(|at| at.elapsed() >= self.policy.status_poll_period);
+        if due {
+            self.poll(&mut actions);
+        }
+        let active = self.active().count() as u32;
+        let add = self.policy.blocks_to_add(outstanding, active, self.slots());
         for _ in 0..add {
-            self.submit_one();
+            if !self.submit_one() {
+                break;
+            }
         }
         if outstanding > 0 {
             self.idle_since = None;
-            return Vec::new();
+            return actions;
         }
         let idle_since = *self.idle_since.get_or_insert_with(Instant::now);
         if idle_since.elapsed() < self.policy.max_idletime {
-            return Vec::new();
+            return actions;
         }
-        // Scale in, never below min_blocks: queued pilots first (cancel them), then
-        // drain running ones (their managers finish and exit; the block then ends).
-        let mut excess = self.active().saturating_sub(self.policy.min_blocks);
+        self.scale_in(managers, &mut actions);
+        actions
+    }
+
+    fn scale_in(&mut self, managers: &[ManagerStatus], actions: &mut Vec<BlockAction>) {
+        let busy_blocks: HashSet<&str> = managers
+            .iter()
+            .filter(|m| m.outstanding_tasks > 0)
+            .map(|m| m.block_id.as_str())
+            .collect();
+        let mut excess = (self.active().count() as u32).saturating_sub(self.policy.min_blocks);
         let mut cancel = Vec::new();
-        let mut drain = Vec::new();
-        for (block_id, block) in self
-            .blocks
-            .iter_mut()
-            .filter(|(_, b)| !b.state.is_terminal() && !b.draining)
-        {
+        // Queued pilots first: they cost nothing to drop.
+        for block in self.blocks.values_mut() {
             if excess == 0 {
                 break;
             }
-            if block.managers.is_empty() {
+            if !block.state.is_terminal() && !block.draining && !block.ever_registered {
                 cancel.push(block.job_id.clone());
-            } else {
-                drain.push(block_id.clone());
+                block.draining = true;
+                excess -= 1;
             }
-            block.draining = true;
-            excess -= 1;
+        }
+        for (block_id, block) in &mut self.blocks {
+            if excess == 0 {
+                break;
+            }
+            if !block.state.is_terminal()
+                && !block.draining
+                && !busy_blocks.contains(block_id.as_str())
+            {
+                block.draining = true;
+                actions.push(BlockAction::Drain(block_id.clone()));
+                excess -= 1;
+            }
         }
         if !cancel.is_empty() {
             if let Err(err) = self.provider.cancel(&cancel) {
-                tracing::warn!("cancelling idle blocks failed: {err}");
+                tracing::warn!("cancelling queued blocks failed: {err}");
             }
         }
-        drain
     }
 
-    /// Refreshes block states with one provider call and forgets finished blocks.
-    fn poll(&mut self) {
+    /// Refreshes block states with one provider call. A block whose job ended while it
+    /// still had managers has lost them; a drained block whose managers all left but
+    /// whose job lingers is cancelled; ended blocks are forgotten.
+    fn poll(&mut self, actions: &mut Vec<BlockAction>) {
+        self.last_poll = Some(Instant::now());
         let jobs: Vec<JobId> = self.blocks.values().map(|b| b.job_id.clone()).collect();
         if jobs.is_empty() {
             return;
         }
-        match self.provider.status(&jobs) {
-            Ok(states) => {
-                for (block_id, block) in &mut self.blocks {
-                    if let Some(status) = states.get(&block.job_id) {
-                        if status.state != block.state {
-                            tracing::info!(%block_id, from = %block.state, to = %status.state, "block state changed");
-                        }
-                        // Unknown is not completed: keep what we knew.
-                        if status.state != JobState::Unknown {
-                            block.state = status.state;
-                        }
-                    }
-                }
-                self.blocks.retain(|_, b| !b.state.is_terminal());
+        let states = match self.provider.status(&jobs) {
+            Ok(states) => states,
+            Err(err) => {
+                tracing::warn!("polling block states failed: {err}");
+                return;
             }
-            Err(err) => tracing::warn!("polling block states failed: {err}"),
+        };
+        let mut linger = Vec::new();
+        for (block_id, block) in &mut self.blocks {
+            let Some(status) = states.get(&block.job_id) else {
+                continue;
+            };
+            // Unknown is not completed: keep what we knew.
+            if status.state != JobState::Unknown && status.state != block.state {
+                tracing::info!(%block_id, job_id = %block.job_id, from = %block.state, to = %status.state, "block state changed");
+                block.state = status.state;
+            }
+            if block.state.is_terminal() && !block.managers.is_empty() {
+                let mut reason = format!(
+                    "pilot lost: block {block_id} (job {}) ended {}",
+                    block.job_id, block.state
+                );
+                if let Some(message) = &status.message {
+                    reason.push_str(&format!(" ({message})"));
+                }
+                actions.push(BlockAction::Lost {
+                    block_id: block_id.clone(),
+                    reason,
+                });
+                block.managers.clear();
+            }
+            if block.draining
+                && block.ever_registered
+                && block.managers.is_empty()
+                && !block.state.is_terminal()
+            {
+                linger.push(block.job_id.clone());
+            }
         }
+        if !linger.is_empty() {
+            if let Err(err) = self.provider.cancel(&linger) {
+                tracing::warn!("cancelling drained blocks failed: {err}");
+            }
+        }
+        self.blocks.retain(|_, b| !b.state.is_terminal());
     }
 
     /// Cancels every block (agent shutdown).
@@ -238,44 +398,24 @@ impl Blocks {
             .map(|(block_id, b)| BlockStatus {
                 block_id: block_id.clone(),
                 job_id: b.job_id.to_string(),
-                state: b.state.to_string(),
+                state: if b.draining && !b.state.is_terminal() {
+                    "draining".to_owned()
+                } else {
+                    b.state.to_string()
+                },
                 managers: b.managers.len() as u32,
             })
             .collect()
     }
+
+    pub fn paused(&self) -> Option<&str> {
+        self.paused.as_deref()
+    }
+
+    pub fn submit_error(&self) -> Option<&str> {
+        self.submit_error.as_deref()
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn policy() -> ScalingPolicy {
-        ScalingPolicy {
-            init_blocks: 0,
-            min_blocks: 0,
-            max_blocks: 4,
-            nodes_per_block: 2,
-            workers_per_node: 4,
-            parallelism: 1.0,
-            max_idletime: Duration::from_secs(120),
-        }
-    }
-
-    #[test]
-    fn scale_out_follows_the_formula_within_bounds() {
-        let p = policy();
-        assert_eq!(p.blocks_to_add(0, 0), 0);
-        assert_eq!(p.blocks_to_add(1, 0), 1);
-        assert_eq!(p.blocks_to_add(8, 0), 1);
-        assert_eq!(p.blocks_to_add(9, 0), 2);
-        assert_eq!(p.blocks_to_add(9, 1), 1);
-        assert_eq!(p.blocks_to_add(1000, 1), 3, "capped by max_blocks");
-        let half = ScalingPolicy {
-            parallelism: 0.5,
-            ..p.clone()
-        };
-        assert_eq!(half.blocks_to_add(32, 0), 2);
-        let floor = ScalingPolicy { min_blocks: 2, ..p };
-        assert_eq!(floor.blocks_to_add(0, 0), 2, "min_blocks is kept");
-    }
-}
+mod tests;

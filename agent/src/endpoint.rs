@@ -1,7 +1,7 @@
 //! The endpoint agent's main loop: one task that owns the journal, the link to the
 //! service, the interchange handle and the blocks, and reacts to each of them in turn.
 
-use crate::blocks::{Blocks, ScalingPolicy};
+use crate::blocks::{BlockAction, Blocks, ScalingPolicy};
 use crate::interchange::{self, InterchangeConfig, InterchangeEvent, InterchangeStatus};
 use crate::journal::{Entry, Journal};
 use crate::link::Link;
@@ -90,7 +90,7 @@ pub async fn run(
             }
         }) as Box<dyn Fn(&str) -> BlockRequest + Send>
     };
-    let mut blocks = Blocks::new(provider, settings.scaling.clone(), blocks_dir, make_request);
+    let mut blocks = Blocks::new(provider, settings.scaling.clone(), make_request);
 
     // Work recovered from the journal goes straight back into the queue.
     interchange.submit(recovered.pending, now_micros());
@@ -108,6 +108,7 @@ pub async fn run(
     blocks.start();
 
     tokio::pin!(shutdown);
+    let mut resume = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())?;
     let mut events_rx = events_rx;
     let mut backoff = RECONNECT_MIN;
     let outcome = loop {
@@ -139,6 +140,7 @@ pub async fn run(
                 &mut events_rx,
                 &mut blocks,
                 &mut shutdown,
+                &mut resume,
                 settings.strategy_period,
             )
             .await
@@ -179,6 +181,7 @@ impl Agent {
         events: &mut UnboundedReceiver<InterchangeEvent>,
         blocks: &mut Blocks,
         shutdown: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+        resume: &mut tokio::signal::unix::Signal,
         strategy_period: Duration,
     ) -> anyhow::Result<Stop> {
         if !self.unstored.is_empty() {
@@ -216,6 +219,10 @@ impl Agent {
                     }
                 }
                 _ = strategy_tick.tick() => self.strategy_round(blocks),
+                _ = resume.recv() => {
+                    blocks.resume();
+                    self.strategy_round(blocks);
+                }
             }
         }
     }
@@ -328,10 +335,20 @@ impl Agent {
 
     fn strategy_round(&mut self, blocks: &mut Blocks) {
         let outstanding = (self.status.queued + self.status.dispatched) as u64;
-        let drain = tokio::task::block_in_place(|| blocks.strategy_round(outstanding));
-        for block_id in drain {
-            tracing::info!(%block_id, "idle: draining block");
-            self.interchange.drain_block(&block_id);
+        let managers = &self.status.managers;
+        // Provider calls may run scheduler commands for seconds.
+        let actions = tokio::task::block_in_place(|| blocks.strategy_round(outstanding, managers));
+        for action in actions {
+            match action {
+                BlockAction::Drain(block_id) => {
+                    tracing::info!(%block_id, "idle: draining block");
+                    self.interchange.drain_block(&block_id);
+                }
+                BlockAction::Lost { block_id, reason } => {
+                    tracing::warn!(%block_id, "{reason}");
+                    self.interchange.block_lost(&block_id, reason);
+                }
+            }
         }
     }
 
@@ -340,7 +357,8 @@ impl Agent {
             outstanding_tasks: (self.status.queued + self.status.dispatched) as u64,
             managers: self.status.managers.clone(),
             blocks: blocks.statuses(),
-            paused: blocks.last_error.clone(),
+            paused: blocks.paused().map(str::to_owned),
+            submit_error: blocks.submit_error().map(str::to_owned),
         }
     }
 }

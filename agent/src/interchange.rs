@@ -40,6 +40,7 @@ pub struct InterchangeConfig {
 enum Command {
     Submit(Vec<(TaskSpec, Micros)>),
     DrainBlock(String),
+    BlockLost { block_id: String, reason: String },
     Shutdown,
 }
 
@@ -95,6 +96,15 @@ impl InterchangeHandle {
     /// Asks every manager of a block to finish its tasks and exit.
     pub fn drain_block(&self, block_id: &str) {
         self.send(Command::DrainBlock(block_id.to_owned()));
+    }
+
+    /// The block's job ended under its managers: their tasks are retried or failed
+    /// with `reason`, without waiting for the heartbeat threshold.
+    pub fn block_lost(&self, block_id: &str, reason: String) {
+        self.send(Command::BlockLost {
+            block_id: block_id.to_owned(),
+            reason,
+        });
     }
 
     /// Tells managers to exit and stops the thread.
@@ -235,6 +245,9 @@ impl Interchange {
                     match command {
                         Command::Submit(tasks) => self.queue.extend(tasks),
                         Command::DrainBlock(block_id) => self.drain_block(&block_id),
+                        Command::BlockLost { block_id, reason } => {
+                            self.on_block_lost(&block_id, &reason)
+                        }
                         Command::Shutdown => {
                             self.shutdown();
                             return;
@@ -312,7 +325,7 @@ impl Interchange {
             ManagerMessage::Draining => manager.draining = true,
             ManagerMessage::Bye => {
                 let manager = self.managers.remove(&identity).expect("present");
-                self.on_manager_gone(manager, true, results);
+                self.on_manager_gone(manager, None, results);
             }
         }
     }
@@ -373,16 +386,21 @@ impl Interchange {
     }
 
     /// A manager left: its tasks go back to the queue while retries remain, else fail.
-    fn on_manager_gone(&mut self, manager: Manager, clean: bool, results: &mut Vec<TaskResult>) {
+    fn on_manager_gone(
+        &mut self,
+        manager: Manager,
+        lost: Option<&str>,
+        results: &mut Vec<TaskResult>,
+    ) {
         let reg = &manager.registration;
-        if !clean {
+        let clean = lost.is_none();
+        if let Some(reason) = lost {
             tracing::warn!(
                 manager = %reg.manager_id,
                 host = %reg.host,
                 block = %reg.block_id,
                 tasks = manager.outstanding.len(),
-                "manager lost (no heartbeat within {:?})",
-                self.config.heartbeat_threshold
+                "manager lost: {reason}"
             );
         }
         for (_, dispatched) in manager.outstanding {
@@ -397,8 +415,11 @@ impl Interchange {
                         ErrorKind::ManagerLost,
                         "ManagerLost",
                         format!(
-                            "manager lost (host {}, block {}) while it held the task, after {} retries",
-                            reg.host, reg.block_id, spec.retries
+                            "manager lost (host {}, block {}) while it held the task, after {} retries: {}",
+                            reg.host,
+                            reg.block_id,
+                            spec.retries,
+                            lost.unwrap_or("it left")
                         ),
                     ),
                 );
@@ -465,9 +486,10 @@ impl Interchange {
             .collect();
         if !lost.is_empty() {
             let mut results = Vec::new();
+            let reason = format!("no heartbeat within {:?}", threshold);
             for identity in lost {
                 let manager = self.managers.remove(&identity).expect("present");
-                self.on_manager_gone(manager, false, &mut results);
+                self.on_manager_gone(manager, Some(&reason), &mut results);
             }
             if !results.is_empty() {
                 let _ = self.events.send(InterchangeEvent::Results(results));
@@ -483,6 +505,23 @@ impl Interchange {
             .collect();
         for identity in due {
             self.send_to(&identity, &InterchangeMessage::Heartbeat);
+        }
+    }
+
+    fn on_block_lost(&mut self, block_id: &str, reason: &str) {
+        let ids: Vec<Vec<u8>> = self
+            .managers
+            .iter()
+            .filter(|(_, m)| m.registration.block_id.0 == block_id)
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut results = Vec::new();
+        for identity in ids {
+            let manager = self.managers.remove(&identity).expect("present");
+            self.on_manager_gone(manager, Some(reason), &mut results);
+        }
+        if !results.is_empty() {
+            let _ = self.events.send(InterchangeEvent::Results(results));
         }
     }
 

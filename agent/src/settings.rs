@@ -58,6 +58,7 @@ pub fn from_config(
             workers_per_node: workers,
             parallelism: limits.parallelism,
             max_idletime: config.strategy.max_idletime,
+            status_poll_period: config.strategy.period,
         },
         strategy_period: config.strategy.period,
         manager_command: vec![exe, "manager".to_owned()],

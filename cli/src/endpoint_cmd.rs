@@ -40,6 +40,8 @@ pub enum EndpointCmd {
     },
     /// Stop the endpoint's agent and everything it started.
     Stop { name: String },
+    /// Resume provisioning after repeated submission failures paused it.
+    Resume { name: String },
     /// The endpoints configured on this machine.
     List,
     /// The service's view of an endpoint.
@@ -69,6 +71,7 @@ pub async fn run(cmd: EndpointCmd) -> anyhow::Result<()> {
             }
         }
         EndpointCmd::Stop { name } => stop(&name),
+        EndpointCmd::Resume { name } => resume(&name),
         EndpointCmd::List => list(),
         EndpointCmd::Status { name, service } => {
             let view = Api::from_args(&service)?.endpoint(&name).await?;
@@ -269,6 +272,27 @@ fn stop(name: &str) -> anyhow::Result<()> {
         bail!("the agent (pid {pid}) did not stop within 30 s and was killed");
     }
     println!("endpoint {name} stopped");
+    Ok(())
+}
+
+/// The running agent of an endpoint, by its pid file.
+fn running_agent(name: &str) -> anyhow::Result<i32> {
+    check_endpoint_name(name)?;
+    let path = endpoint_dir(name).join("agent.pid");
+    match read_pid(&path) {
+        Some(pid) if alive(pid) => Ok(pid),
+        _ => bail!(
+            "endpoint {name} is not running (no live pid in {})",
+            path.display()
+        ),
+    }
+}
+
+fn resume(name: &str) -> anyhow::Result<()> {
+    let pid = running_agent(name)?;
+    // The agent resumes provisioning on SIGUSR1.
+    kill(Pid::from_raw(pid), Signal::SIGUSR1)?;
+    println!("endpoint {name}: asked the agent (pid {pid}) to resume provisioning");
     Ok(())
 }
 

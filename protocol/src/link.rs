@@ -65,6 +65,9 @@ pub struct EndpointStatus {
     pub blocks: Vec<BlockStatus>,
     /// Set when the endpoint stopped provisioning, with the reason.
     pub paused: Option<String>,
+    /// The provider's last submission error, until a submission works.
+    #[serde(default)]
+    pub submit_error: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -140,6 +140,7 @@ pub(crate) struct EndpointView {
     workers: WorkerCounts,
     blocks: Vec<BlockStatus>,
     paused: Option<String>,
+    submit_error: Option<String>,
     created_at: Micros,
 }
 
@@ -162,6 +163,7 @@ impl EndpointView {
             workers,
             blocks: status.blocks,
             paused: status.paused,
+            submit_error: status.submit_error,
             created_at: endpoint.created_at,
         }
     }
