@@ -454,19 +454,10 @@ impl Interchange {
             if self.queue.is_empty() {
                 break;
             }
-            let take = free.min(self.queue.len());
-            let mut batch = Vec::with_capacity(take);
             let manager = self.managers.get_mut(&identity).expect("present");
-            for (spec, accepted_at) in self.queue.drain(..take) {
-                batch.push(spec.clone());
-                manager.outstanding.insert(
-                    spec.task_id,
-                    Dispatched {
-                        spec,
-                        accepted_at,
-                        dispatched_at: now,
-                    },
-                );
+            let batch = take_fitting(&mut self.queue, free, manager, now);
+            if batch.is_empty() {
+                continue;
             }
             manager.last_sent = Instant::now();
             let frame = encode(&InterchangeMessage::Tasks { tasks: batch });
@@ -587,6 +578,49 @@ impl Interchange {
     }
 }
 
+/// Takes up to `free` tasks from the queue for `manager`, skipping (and keeping in
+/// order) tasks whose walltime would run past the manager's pilot.
+fn take_fitting(
+    queue: &mut VecDeque<(TaskSpec, Micros)>,
+    free: usize,
+    manager: &mut Manager,
+    now: Micros,
+) -> Vec<TaskSpec> {
+    let mut batch = Vec::with_capacity(free.min(queue.len()));
+    let fits = |spec: &TaskSpec| match (manager.registration.accepts_until, spec.walltime_ms) {
+        (Some(until), Some(walltime_ms)) => now + (walltime_ms as i64) * 1000 <= until,
+        (Some(until), None) => now < until,
+        (None, _) => true,
+    };
+    let mut skipped = VecDeque::new();
+    while batch.len() < free {
+        let Some((spec, accepted_at)) = queue.pop_front() else {
+            break;
+        };
+        if !fits(&spec) {
+            skipped.push_back((spec, accepted_at));
+            // Do not scan a long queue for a manager about to end.
+            if skipped.len() >= 1024 {
+                break;
+            }
+            continue;
+        }
+        batch.push(spec.clone());
+        manager.outstanding.insert(
+            spec.task_id,
+            Dispatched {
+                spec,
+                accepted_at,
+                dispatched_at: now,
+            },
+        );
+    }
+    while let Some(entry) = skipped.pop_back() {
+        queue.push_front(entry);
+    }
+    batch
+}
+
 /// Stamps the agent's and the interchange's transitions before the manager's.
 fn prepend_queue_transitions(result: &mut TaskResult, dispatched: &Dispatched) {
     let mut transitions = Vec::with_capacity(result.transitions.len() + 2);
@@ -610,3 +644,6 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
+
+#[cfg(test)]
+mod tests;

@@ -59,6 +59,7 @@ pub fn run(config: ManagerConfig) -> anyhow::Result<()> {
             .unwrap_or(1),
         memory_bytes: total_memory_bytes(),
         secret: config.secret.clone(),
+        accepts_until: None,
     };
     dealer.send(encode(&ManagerMessage::Register(registration)), 0)?;
     let (period, threshold) = await_registration(&dealer, config.register_timeout)?;

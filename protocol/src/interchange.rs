@@ -41,6 +41,10 @@ pub struct Registration {
     pub memory_bytes: u64,
     /// The endpoint's secret, proving the manager belongs to this endpoint.
     pub secret: String,
+    /// When the manager stops taking work because its pilot's walltime ends (Unix
+    /// microseconds); the interchange sends it no task whose walltime cannot fit.
+    #[serde(default)]
+    pub accepts_until: Option<crate::time::Micros>,
 }
 
 /// Interchange -> manager.

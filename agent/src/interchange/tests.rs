@@ -1,0 +1,220 @@
+//! The interchange over real ZeroMQ sockets on loopback, with test managers speaking
+//! the manager protocol from a DEALER.
+
+use super::*;
+use bytes::Bytes;
+use scifaas_protocol::{BlockId, FunctionId, FunctionSpec, ManagerId, Outcome, ResultTiming};
+
+fn config() -> InterchangeConfig {
+    InterchangeConfig {
+        bind_address: "127.0.0.1".into(),
+        port_range: None,
+        secret: "s3cret".into(),
+        heartbeat_period: Duration::from_millis(100),
+        heartbeat_threshold: Duration::from_millis(600),
+        prefetch: 0,
+        max_retries_on_system_failure: 0,
+    }
+}
+
+fn task(walltime_ms: Option<u64>) -> TaskSpec {
+    TaskSpec {
+        task_id: TaskId::new(),
+        function: FunctionSpec {
+            id: FunctionId::new(),
+            hash: "h".into(),
+            name: "f".into(),
+            source: Bytes::from_static(b"def f(): pass"),
+            container: None,
+        },
+        payload: Bytes::from_static(b"{\"args\":[],\"kwargs\":{}}"),
+        walltime_ms,
+        retries: 0,
+    }
+}
+
+struct TestManager {
+    socket: zmq::Socket,
+    _context: zmq::Context,
+}
+
+impl TestManager {
+    fn connect(
+        url: &str,
+        secret: &str,
+        workers: u32,
+        accepts_until: Option<Micros>,
+    ) -> TestManager {
+        let context = zmq::Context::new();
+        let socket = context.socket(zmq::DEALER).unwrap();
+        socket
+            .set_identity(format!("m-{}", TaskId::new()).as_bytes())
+            .unwrap();
+        socket.connect(url).unwrap();
+        let manager = TestManager {
+            socket,
+            _context: context,
+        };
+        manager.send(&ManagerMessage::Register(Registration {
+            protocol_version: PROTOCOL_VERSION,
+            manager_id: ManagerId("m".into()),
+            block_id: BlockId("block-0".into()),
+            job_id: None,
+            host: "h".into(),
+            workers,
+            cores: 1,
+            memory_bytes: 0,
+            secret: secret.into(),
+            accepts_until,
+        }));
+        manager
+    }
+
+    fn send(&self, message: &ManagerMessage) {
+        self.socket.send(encode(message), 0).unwrap();
+    }
+
+    /// The next message other than a heartbeat, within 5 s.
+    fn recv(&self) -> InterchangeMessage {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "no message from the interchange within 5 s"
+            );
+            if self
+                .socket
+                .poll(zmq::POLLIN, left.as_millis() as i64)
+                .unwrap()
+                == 0
+            {
+                continue;
+            }
+            let message = decode(&self.socket.recv_bytes(0).unwrap()).unwrap();
+            if message != InterchangeMessage::Heartbeat {
+                return message;
+            }
+        }
+    }
+}
+
+fn next_event(
+    events: &mut tokio::sync::mpsc::UnboundedReceiver<InterchangeEvent>,
+    want: impl Fn(&InterchangeEvent) -> bool,
+) -> InterchangeEvent {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        match events.try_recv() {
+            Ok(event) if want(&event) => return event,
+            Ok(_) => {}
+            Err(_) => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
+    panic!("no such event within 5 s");
+}
+
+#[test]
+fn a_manager_with_the_wrong_secret_is_rejected() {
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let interchange = start(config(), tx).unwrap();
+    let manager = TestManager::connect(&interchange.url, "wrong", 1, None);
+    match manager.recv() {
+        InterchangeMessage::Rejected { reason } => assert!(reason.contains("secret"), "{reason}"),
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+    interchange.shutdown();
+}
+
+#[test]
+fn tasks_go_out_by_capacity_and_results_come_back_with_stamps() {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let interchange = start(config(), tx).unwrap();
+    let manager = TestManager::connect(&interchange.url, "s3cret", 2, None);
+    assert!(matches!(
+        manager.recv(),
+        InterchangeMessage::Registered { .. }
+    ));
+    let tasks: Vec<TaskSpec> = (0..3).map(|_| task(None)).collect();
+    interchange.submit(tasks.clone(), now_micros());
+    let InterchangeMessage::Tasks { tasks: first } = manager.recv() else {
+        panic!("expected tasks")
+    };
+    assert_eq!(first.len(), 2, "two workers, no prefetch");
+    manager.send(&ManagerMessage::Results {
+        results: vec![TaskResult {
+            task_id: first[0].task_id,
+            outcome: Outcome::Success(Bytes::from_static(b"1")),
+            stdout: String::new(),
+            stderr: String::new(),
+            transitions: vec![],
+            timing: ResultTiming::default(),
+        }],
+    });
+    let InterchangeEvent::Results(results) =
+        next_event(&mut rx, |e| matches!(e, InterchangeEvent::Results(_)))
+    else {
+        unreachable!()
+    };
+    let states: Vec<TaskState> = results[0].transitions.iter().map(|t| t.state).collect();
+    assert_eq!(
+        states,
+        [TaskState::WaitingForNodes, TaskState::WaitingForLaunch]
+    );
+    // A slot came free: the third task follows.
+    let InterchangeMessage::Tasks { tasks: second } = manager.recv() else {
+        panic!("expected tasks")
+    };
+    assert_eq!(second.len(), 1);
+    assert_eq!(second[0].task_id, tasks[2].task_id);
+    interchange.shutdown();
+}
+
+#[test]
+fn a_silent_manager_is_lost_and_its_tasks_fail_with_the_reason() {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let interchange = start(config(), tx).unwrap();
+    let manager = TestManager::connect(&interchange.url, "s3cret", 1, None);
+    assert!(matches!(
+        manager.recv(),
+        InterchangeMessage::Registered { .. }
+    ));
+    interchange.submit(vec![task(None)], now_micros());
+    assert!(matches!(manager.recv(), InterchangeMessage::Tasks { .. }));
+    // Say nothing past the 600 ms threshold.
+    let InterchangeEvent::Results(results) =
+        next_event(&mut rx, |e| matches!(e, InterchangeEvent::Results(_)))
+    else {
+        unreachable!()
+    };
+    let Outcome::Failure(error) = &results[0].outcome else {
+        panic!("expected a failure")
+    };
+    assert_eq!(error.kind, ErrorKind::ManagerLost);
+    assert!(error.message.contains("no heartbeat"), "{}", error.message);
+    interchange.shutdown();
+}
+
+#[test]
+fn tasks_that_cannot_finish_before_the_pilot_ends_are_not_sent_to_it() {
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let interchange = start(config(), tx).unwrap();
+    let until = now_micros() + 60_000_000;
+    let manager = TestManager::connect(&interchange.url, "s3cret", 2, Some(until));
+    assert!(matches!(
+        manager.recv(),
+        InterchangeMessage::Registered { .. }
+    ));
+    let long = task(Some(3_600_000));
+    let short = task(Some(1_000));
+    interchange.submit(vec![long, short.clone()], now_micros());
+    let InterchangeMessage::Tasks { tasks } = manager.recv() else {
+        panic!("expected tasks")
+    };
+    assert_eq!(tasks.len(), 1);
+    assert_eq!(
+        tasks[0].task_id, short.task_id,
+        "the hour-long task waits for another pilot"
+    );
+    interchange.shutdown();
+}
