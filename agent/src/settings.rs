@@ -71,7 +71,10 @@ pub fn from_config(
         walltime: config.provider.walltime(),
         worker_init: config.provider.worker_init().to_owned(),
         task_walltime: engine.task_walltime,
-        journal_sync: true,
+        // The service keeps every task until its result is stored and sends unfinished
+        // ones again when the agent reconnects, so the journal needs to survive a crash
+        // of the agent (write(2) does), not a power loss (which fdatasync would).
+        journal_sync: false,
     };
     Ok((settings, provider))
 }

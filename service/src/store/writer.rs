@@ -68,6 +68,20 @@ pub(crate) enum WriteOp {
     },
 }
 
+impl WriteOp {
+    /// Whether the caller is promised the write is on disk once it is answered.
+    fn is_promised_durable(&self) -> bool {
+        matches!(
+            self,
+            WriteOp::CreateUser(_)
+                | WriteOp::AddToken(_)
+                | WriteOp::CreateFunction(_)
+                | WriteOp::CreateEndpoint(_)
+                | WriteOp::InsertTasks(_)
+        )
+    }
+}
+
 /// What a committed write reports back.
 pub(crate) enum Applied {
     Nothing,
@@ -106,6 +120,8 @@ pub(super) fn spawn(
         next_done_seq: last_done_seq + 1,
         inserted_up_to: last_rowid,
         task_horizon,
+        // schema.rs opens the connection with synchronous=FULL.
+        synced: true,
     };
     let handle = std::thread::Builder::new()
         .name("scifaas-store-writer".into())
@@ -122,6 +138,8 @@ struct Writer {
     inserted_up_to: i64,
     /// The highest rowid of a committed task, published for the agent link.
     task_horizon: Arc<AtomicI64>,
+    /// Whether the connection is at synchronous=FULL (else NORMAL).
+    synced: bool,
 }
 
 impl Writer {
@@ -144,6 +162,20 @@ impl Writer {
 
     fn commit(&mut self, batch: Vec<Job>) {
         let seq_before = self.next_done_seq;
+        // Only what a 2xx promises is on disk needs the fsync: new tasks and the
+        // registry. A result is also held by the agent until we acknowledge it, and a
+        // task whose result a power loss took from the WAL's tail is not terminal, so
+        // the service sends it again when the agent reconnects: for those, surviving
+        // a crash of this process (which WAL without fsync does) is enough.
+        let needs_sync = batch.iter().any(|job| job.op.is_promised_durable());
+        let synchronous = if needs_sync { "FULL" } else { "NORMAL" };
+        if needs_sync != self.synced {
+            if let Err(e) = self.conn.pragma_update(None, "synchronous", synchronous) {
+                tracing::warn!("cannot set synchronous={synchronous}: {e}");
+            } else {
+                self.synced = needs_sync;
+            }
+        }
         if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
             let message = e.to_string();
             for job in batch {
