@@ -19,9 +19,10 @@ pub fn from_config(
     scifaas_exe: PathBuf,
 ) -> anyhow::Result<(AgentSettings, Box<dyn Provider>)> {
     let engine = &config.engine;
-    if let Some(interface) = &engine.interface {
-        bail!("engine.interface ({interface}) is not supported yet; set engine.address instead");
-    }
+    let address = match &engine.interface {
+        Some(interface) => interface_address(interface)?,
+        None => engine.address.clone(),
+    };
     let workers = engine.workers_per_node();
     let limits = config.provider.limits();
     let provider: Box<dyn Provider> = match &config.provider {
@@ -42,7 +43,7 @@ pub fn from_config(
         service_url: config.service_url.clone(),
         agent_token: agent_token.to_owned(),
         interchange: InterchangeConfig {
-            bind_address: engine.address.clone(),
+            bind_address: address,
             port_range: engine.port_range,
             secret: hex::encode(secret),
             heartbeat_period: engine.heartbeat_period,
@@ -77,4 +78,42 @@ pub fn from_config(
         journal_sync: false,
     };
     Ok((settings, provider))
+}
+
+/// The IPv4 address of a network interface (`hsn0`, `ib0`, `eth0`): what compute nodes
+/// use to reach the login node's interchange.
+pub fn interface_address(interface: &str) -> anyhow::Result<String> {
+    let mut names = Vec::new();
+    for ifaddr in nix::ifaddrs::getifaddrs().context("listing network interfaces")? {
+        if ifaddr.interface_name != interface {
+            names.push(ifaddr.interface_name);
+            continue;
+        }
+        if let Some(ip) = ifaddr
+            .address
+            .as_ref()
+            .and_then(|a| a.as_sockaddr_in())
+            .map(|sin| sin.ip())
+        {
+            return Ok(ip.to_string());
+        }
+    }
+    names.sort();
+    names.dedup();
+    bail!(
+        "engine.interface: no IPv4 address on interface `{interface}`; interfaces here: {}",
+        names.join(", ")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_loopback_interface_resolves_and_a_missing_one_is_named() {
+        assert_eq!(interface_address("lo").unwrap(), "127.0.0.1");
+        let err = interface_address("no-such-if0").unwrap_err().to_string();
+        assert!(err.contains("no-such-if0") && err.contains("lo"), "{err}");
+    }
 }
