@@ -12,6 +12,20 @@ step() { printf '\n== %s\n' "$*"; }
 step "python environment"
 python=$(scripts/python-env.sh)
 
+# As root (CI), the tests that need real containers run and must not skip: build their
+# images (cached in target/test-images). Elsewhere they skip with a message.
+if [ "$(id -u)" = 0 ]; then
+  step "container test images"
+  SCIFAAS_TEST_IMAGES=$(scripts/build-test-image.sh)
+  export SCIFAAS_TEST_IMAGES SCIFAAS_REQUIRE_CONTAINERS=1
+
+  # A real Slurm (with its PBS-compatible qsub/qstat/qdel) on emulated nodes of this
+  # machine; the Slurm tests must not skip.
+  step "slurm"
+  SCIFAAS_SLURM_NODES=${SCIFAAS_SLURM_NODES:-3} scripts/slurm-up.sh
+  export SCIFAAS_REQUIRE_SLURM=1
+fi
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -6,9 +6,12 @@
 //! names the file, the line and the key (`config.yaml:7: provider.max_blocks: min_blocks (3)
 //! is greater than max_blocks (1)`), and for an unknown key lists the valid ones.
 
+mod batch;
 mod check;
+mod containers;
 mod duration;
 mod error;
+mod kubernetes;
 mod locate;
 mod tagged;
 #[cfg(test)]
@@ -21,27 +24,43 @@ use scifaas_providers::{Launcher, ScriptTemplate};
 use serde::Deserialize;
 use serde_yaml_ng::Value;
 
+pub use batch::{
+    BatchConfig, BatchProvider, CobaltProviderConfig, PbsProviderConfig, SlurmProviderConfig,
+    TorqueProviderConfig, DEFAULT_BATCH_WALLTIME, DEFAULT_STATUS_POLL_PERIOD,
+};
 use check::Document;
+pub use containers::{Accelerators, ContainerConfig, ContainerPattern};
 pub use duration::{format_duration, parse_duration};
 pub use error::ConfigError;
+pub use kubernetes::KubernetesProviderConfig;
 use tagged::Tagged;
 
 /// Where the service listens when the config does not say.
 pub const DEFAULT_SERVICE_URL: &str = "http://127.0.0.1:8470";
 
 /// Provider types this build supports.
-pub const SUPPORTED_PROVIDERS: &[&str] = &["local"];
+pub const SUPPORTED_PROVIDERS: &[&str] =
+    &["local", "slurm", "pbs", "torque", "cobalt", "kubernetes"];
 /// Provider types of the design that are not built yet: named in a clearer error.
-const PLANNED_PROVIDERS: &[&str] = &["slurm", "pbs", "torque", "cobalt", "kubernetes"];
+const PLANNED_PROVIDERS: &[&str] = &[];
 /// Launcher types this build supports.
-pub const SUPPORTED_LAUNCHERS: &[&str] = &["single_node"];
-const PLANNED_LAUNCHERS: &[&str] = &["srun", "mpiexec", "aprun", "jsrun"];
+pub const SUPPORTED_LAUNCHERS: &[&str] = &Launcher::NAMES;
 
 /// The commented config that `scifaas endpoint configure NAME` writes by default.
 pub const ENDPOINT_TEMPLATE: &str = include_str!("../../configs/endpoint-template.yaml");
 
 /// Working configs by name, for `scifaas endpoint configure NAME --from NAME`.
-pub const BUILTIN_CONFIGS: &[(&str, &str)] = &[("local", include_str!("../../configs/local.yaml"))];
+pub const BUILTIN_CONFIGS: &[(&str, &str)] = &[
+    ("local", include_str!("../../configs/local.yaml")),
+    ("slurm", include_str!("../../configs/slurm.yaml")),
+    ("perlmutter", include_str!("../../configs/perlmutter.yaml")),
+    ("frontera", include_str!("../../configs/frontera.yaml")),
+    ("pbs", include_str!("../../configs/pbs.yaml")),
+    ("polaris", include_str!("../../configs/polaris.yaml")),
+    ("torque", include_str!("../../configs/torque.yaml")),
+    ("theta", include_str!("../../configs/theta.yaml")),
+    ("kubernetes", include_str!("../../configs/kubernetes.yaml")),
+];
 
 /// An endpoint's config.
 #[derive(Clone, Debug, PartialEq)]
@@ -92,6 +111,26 @@ pub struct EngineConfig {
     pub interface: Option<String>,
     /// Ports `[lo, hi]` the interchange may bind (default: one the kernel picks).
     pub port_range: Option<(u16, u16)>,
+    /// The container every worker runs in unless a function names its own, e.g.
+    /// `{type: apptainer, image: /img/sci.sif, options: "-B /scratch"}` (default: none).
+    pub container: Option<ContainerConfig>,
+    /// The containers a function may name: a list of `{type, image?}` (an image pattern
+    /// may hold `*`; no image: any image of that type). A task whose container is not
+    /// listed fails before it is queued. Default: any container.
+    pub allowed_containers: Option<Vec<ContainerPattern>>,
+    /// A folder of handlebars files (`bwrap.hbs`, `apptainer.hbs`, ...) replacing the
+    /// built-in container command lines of `templates/containers/`; relative to the
+    /// config's directory, and read by the managers, so on a file system the compute
+    /// nodes share (default: the built-in ones).
+    pub container_templates: Option<PathBuf>,
+    /// Workers idle this long are stopped, and started again when work comes (default:
+    /// never).
+    #[serde(deserialize_with = "duration::optional")]
+    pub worker_idle_timeout: Option<Duration>,
+    /// Accelerators per node: a count (`4`) or a list of device ids (`[0, 2]`). Each
+    /// worker gets one (`CUDA_VISIBLE_DEVICES`, `ROCR_VISIBLE_DEVICES`, `ZE_AFFINITY_MASK`)
+    /// and there are no more workers than accelerators (default: none).
+    pub available_accelerators: Option<Accelerators>,
 }
 
 impl Default for EngineConfig {
@@ -108,6 +147,11 @@ impl Default for EngineConfig {
             address: "127.0.0.1".to_owned(),
             interface: None,
             port_range: None,
+            container: None,
+            allowed_containers: None,
+            container_templates: None,
+            worker_idle_timeout: None,
+            available_accelerators: None,
         }
     }
 }
@@ -121,22 +165,36 @@ impl EngineConfig {
         self.workers_per_node_with(cpus)
     }
 
-    /// Workers per manager on a node with `cpus` CPUs.
+    /// Workers per manager on a node with `cpus` CPUs, at most one per accelerator when
+    /// `available_accelerators` is set.
     pub fn workers_per_node_with(&self, cpus: usize) -> u32 {
-        match self.max_workers_per_node {
+        let workers = match self.max_workers_per_node {
             Some(workers) => workers,
             None => ((cpus as f64 / self.cores_per_worker).floor() as u32).max(1),
+        };
+        match &self.available_accelerators {
+            Some(Accelerators(ids)) => workers.min(ids.len() as u32),
+            None => workers,
         }
     }
 }
 
-/// The `provider` section, by its `type`. Each batch system gets its own variant and
-/// struct (they are a later issue); the strategy uses the accessors, which every provider
-/// answers.
+/// The `provider` section, by its `type`. Each resource manager has its own variant and
+/// struct; the strategy uses the accessors, which every provider answers.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ProviderConfig {
     /// `type: local`: blocks are processes on this machine.
     Local(LocalProviderConfig),
+    /// `type: slurm`: blocks are Slurm batch jobs.
+    Slurm(SlurmProviderConfig),
+    /// `type: pbs`: blocks are PBS Pro / OpenPBS jobs.
+    Pbs(PbsProviderConfig),
+    /// `type: torque`: blocks are Torque jobs.
+    Torque(TorqueProviderConfig),
+    /// `type: cobalt`: blocks are Cobalt jobs (ALCF Theta).
+    Cobalt(CobaltProviderConfig),
+    /// `type: kubernetes`: each block is a pod.
+    Kubernetes(KubernetesProviderConfig),
 }
 
 /// The block counts and shape, common to every provider.
@@ -160,6 +218,32 @@ impl ProviderConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             ProviderConfig::Local(_) => "local",
+            ProviderConfig::Kubernetes(_) => "kubernetes",
+            other => other.batch().expect("the other providers are batch").kind(),
+        }
+    }
+
+    /// The batch scheduler's part of the config, for `slurm`, `pbs`, `torque`, `cobalt`.
+    pub fn batch(&self) -> Option<&dyn BatchConfig> {
+        match self {
+            ProviderConfig::Slurm(c) => Some(c),
+            ProviderConfig::Pbs(c) => Some(c),
+            ProviderConfig::Torque(c) => Some(c),
+            ProviderConfig::Cobalt(c) => Some(c),
+            ProviderConfig::Local(_) | ProviderConfig::Kubernetes(_) => None,
+        }
+    }
+
+    /// How often the agent asks the resource manager for the state of all its blocks.
+    pub fn status_poll_period(&self) -> Duration {
+        match self {
+            ProviderConfig::Local(c) => c.status_poll_period,
+            // Pods are listed in one API call, as cheap as a scheduler's poll.
+            ProviderConfig::Kubernetes(_) => DEFAULT_STATUS_POLL_PERIOD,
+            other => other
+                .batch()
+                .expect("the other providers are batch")
+                .status_poll_period(),
         }
     }
 
@@ -173,6 +257,17 @@ impl ProviderConfig {
                 nodes_per_block: c.nodes_per_block,
                 parallelism: c.parallelism,
             },
+            ProviderConfig::Kubernetes(c) => BlockLimits {
+                init_blocks: c.init_blocks,
+                min_blocks: c.min_blocks,
+                max_blocks: c.max_blocks,
+                nodes_per_block: c.nodes_per_block,
+                parallelism: c.parallelism,
+            },
+            other => other
+                .batch()
+                .expect("the other providers are batch")
+                .limits(),
         }
     }
 
@@ -180,6 +275,11 @@ impl ProviderConfig {
     pub fn worker_init(&self) -> &str {
         match self {
             ProviderConfig::Local(c) => &c.worker_init,
+            ProviderConfig::Kubernetes(c) => &c.worker_init,
+            other => other
+                .batch()
+                .expect("the other providers are batch")
+                .worker_init(),
         }
     }
 
@@ -187,6 +287,11 @@ impl ProviderConfig {
     pub fn walltime(&self) -> Option<Duration> {
         match self {
             ProviderConfig::Local(c) => c.walltime,
+            ProviderConfig::Kubernetes(c) => c.walltime,
+            other => other
+                .batch()
+                .expect("the other providers are batch")
+                .walltime(),
         }
     }
 
@@ -194,6 +299,13 @@ impl ProviderConfig {
     pub fn launcher(&self) -> Launcher {
         match self {
             ProviderConfig::Local(c) => c.launcher.launcher(),
+            // One manager per pod, started as the container's command.
+            ProviderConfig::Kubernetes(_) => Launcher::SingleNode,
+            other => other
+                .batch()
+                .expect("the other providers are batch")
+                .launcher()
+                .launcher(),
         }
     }
 
@@ -201,7 +313,17 @@ impl ProviderConfig {
     /// else the provider's built-in one.
     pub fn script_template(&self) -> Result<ScriptTemplate, scifaas_providers::ProviderError> {
         let (kind, path) = match self {
-            ProviderConfig::Local(c) => ("local", &c.script_template),
+            ProviderConfig::Local(c) => ("local", c.script_template.as_ref()),
+            ProviderConfig::Kubernetes(_) => {
+                return Err(scifaas_providers::ProviderError::Unsupported {
+                    provider: "kubernetes",
+                    message: "blocks are pods from pod_template, not job scripts".to_owned(),
+                })
+            }
+            other => {
+                let batch = other.batch().expect("the other providers are batch");
+                (batch.kind(), batch.script_template())
+            }
         };
         match path {
             Some(path) => ScriptTemplate::from_file(path),
@@ -214,6 +336,11 @@ impl ProviderConfig {
     pub fn cmd_timeout(&self) -> Duration {
         match self {
             ProviderConfig::Local(c) => c.cmd_timeout,
+            ProviderConfig::Kubernetes(c) => c.cmd_timeout,
+            other => other
+                .batch()
+                .expect("the other providers are batch")
+                .cmd_timeout(),
         }
     }
 }
@@ -246,6 +373,10 @@ pub struct LocalProviderConfig {
     /// A handlebars file replacing the built-in `local.sh.hbs`; relative to the config's
     /// directory (default: the built-in one).
     pub script_template: Option<PathBuf>,
+    /// How often the agent checks its blocks (default 5s: it costs nothing here, and a
+    /// block's walltime is enforced when it is checked).
+    #[serde(deserialize_with = "duration::required")]
+    pub status_poll_period: Duration,
 }
 
 impl Default for LocalProviderConfig {
@@ -261,17 +392,23 @@ impl Default for LocalProviderConfig {
             cmd_timeout: Duration::from_secs(30),
             launcher: LauncherConfig::default(),
             script_template: None,
+            status_poll_period: Duration::from_secs(5),
         }
     }
 }
 
-/// `launcher: {type: ...}`. The multi-node launchers will add their `overrides` here.
+/// `launcher: {type: ..., overrides: ...}`: how a block starts one manager per node.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LauncherConfig {
     /// The launcher's type.
     #[serde(rename = "type")]
     pub kind: LauncherKind,
+    /// Extra options of the launch command, inserted as written before the manager
+    /// command, e.g. `-c 128 --cpu-bind=none` for srun (default none; `single_node` takes
+    /// none).
+    #[serde(default)]
+    pub overrides: String,
 }
 
 /// The launcher types.
@@ -281,13 +418,26 @@ pub enum LauncherKind {
     /// The manager command as it is, once per block.
     #[default]
     SingleNode,
+    /// `srun --ntasks=NODES --ntasks-per-node=1 OVERRIDES CMD` (Slurm).
+    Srun,
+    /// `mpiexec -n NODES --ppn 1 OVERRIDES CMD` (MPICH/Hydra, Cray PALS on Polaris).
+    Mpiexec,
+    /// `aprun -n NODES -N 1 OVERRIDES CMD` (Cray ALPS on Theta).
+    Aprun,
+    /// `jsrun -n NODES -r 1 -a 1 OVERRIDES CMD` (IBM LSF on Summit).
+    Jsrun,
 }
 
 impl LauncherConfig {
     /// The providers crate's launcher for this config.
     pub fn launcher(&self) -> Launcher {
+        let overrides = self.overrides.trim().to_owned();
         match self.kind {
             LauncherKind::SingleNode => Launcher::SingleNode,
+            LauncherKind::Srun => Launcher::Srun { overrides },
+            LauncherKind::Mpiexec => Launcher::Mpiexec { overrides },
+            LauncherKind::Aprun => Launcher::Aprun { overrides },
+            LauncherKind::Jsrun => Launcher::Jsrun { overrides },
         }
     }
 }
@@ -367,6 +517,21 @@ impl EndpointConfig {
             "local" => doc
                 .typed::<LocalProviderConfig>()?
                 .into_config(ProviderConfig::Local),
+            "kubernetes" => doc
+                .typed::<KubernetesProviderConfig>()?
+                .into_config(ProviderConfig::Kubernetes),
+            "slurm" => doc
+                .typed::<SlurmProviderConfig>()?
+                .into_config(ProviderConfig::Slurm),
+            "pbs" => doc
+                .typed::<PbsProviderConfig>()?
+                .into_config(ProviderConfig::Pbs),
+            "torque" => doc
+                .typed::<TorqueProviderConfig>()?
+                .into_config(ProviderConfig::Torque),
+            "cobalt" => doc
+                .typed::<CobaltProviderConfig>()?
+                .into_config(ProviderConfig::Cobalt),
             other => unreachable!("provider_type answers only supported types, not {other}"),
         };
         doc.check(config)

@@ -7,7 +7,7 @@ use crate::journal::{Entry, Journal};
 use crate::link::Link;
 use scifaas_protocol::link::{AgentMessage, EndpointStatus, ServiceMessage};
 use scifaas_protocol::time::now_micros;
-use scifaas_protocol::{TaskId, TaskResult, TaskSpec};
+use scifaas_protocol::{ErrorKind, TaskError, TaskId, TaskResult, TaskSpec};
 use scifaas_providers::{BlockRequest, Provider};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -33,6 +33,8 @@ pub struct AgentSettings {
     pub worker_init: String,
     /// Walltime given to tasks that carry none.
     pub task_walltime: Option<Duration>,
+    /// Containers a function may ask for; `None` allows any.
+    pub allowed_containers: Option<Vec<crate::config::ContainerPattern>>,
     /// Whether the journal waits for the disk before a task is acknowledged.
     pub journal_sync: bool,
 }
@@ -98,6 +100,7 @@ pub async fn run(
         journal,
         interchange,
         task_walltime_ms: settings.task_walltime.map(|w| w.as_millis() as u64),
+        allowed_containers: settings.allowed_containers.clone(),
         unstored: recovered
             .unstored_results
             .into_iter()
@@ -105,7 +108,7 @@ pub async fn run(
             .collect(),
         status: InterchangeStatus::default(),
     };
-    blocks.start();
+    tokio::task::block_in_place(|| blocks.start());
 
     tokio::pin!(shutdown);
     let mut resume = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())?;
@@ -169,6 +172,7 @@ struct Agent {
     journal: Journal,
     interchange: interchange::InterchangeHandle,
     task_walltime_ms: Option<u64>,
+    allowed_containers: Option<Vec<crate::config::ContainerPattern>>,
     /// Results the service has not confirmed storing, re-sent on every reconnect.
     unstored: HashMap<TaskId, TaskResult>,
     status: InterchangeStatus,
@@ -263,7 +267,15 @@ impl Agent {
                 // it already has goes back again; only new tasks are queued.
                 let mut fresh: Vec<TaskSpec> = Vec::with_capacity(tasks.len());
                 let mut resend = Vec::new();
+                let mut refused = Vec::new();
                 for mut task in tasks {
+                    if let Some(error) = self.refusal(&task) {
+                        tracing::warn!(task_id = %task.task_id, "refused: {}", error.message);
+                        if self.journal.entry(&task.task_id).is_none() {
+                            refused.push(TaskResult::failed(task.task_id, error));
+                        }
+                        continue;
+                    }
                     if task.walltime_ms.is_none() {
                         task.walltime_ms = self.task_walltime_ms;
                     }
@@ -284,6 +296,15 @@ impl Agent {
                     link.send(&AgentMessage::Results { results: resend })
                         .await?;
                 }
+                if !refused.is_empty() {
+                    // Not journaled: were the agent to crash first, the service would send
+                    // the task again and get the same refusal.
+                    for result in &refused {
+                        self.unstored.insert(result.task_id, result.clone());
+                    }
+                    link.send(&AgentMessage::Results { results: refused })
+                        .await?;
+                }
             }
             ServiceMessage::ResultsStored { task_ids } => {
                 for id in &task_ids {
@@ -297,6 +318,43 @@ impl Agent {
             }
         }
         Ok(())
+    }
+
+    /// Why this endpoint will not run `task`, if it will not: a container the
+    /// endpoint's `allowed_containers` does not list.
+    fn refusal(&self, task: &TaskSpec) -> Option<TaskError> {
+        let allowed = self.allowed_containers.as_ref()?;
+        let container = task.function.container.as_ref()?;
+        let listed: Vec<String> = allowed
+            .iter()
+            .map(|p| format!("{}:{}", p.runtime, p.image.as_deref().unwrap_or("*")))
+            .collect();
+        let message = if !allowed.iter().any(|p| p.matches(container)) {
+            format!(
+                "container {}:{} is not allowed on this endpoint (allowed_containers: {})",
+                container.runtime,
+                container.image,
+                listed.join(", ")
+            )
+        } else if container
+            .options
+            .as_deref()
+            .is_some_and(|o| !o.trim().is_empty())
+        {
+            // Options could bind or expose anything; an endpoint that restricts
+            // containers sets them itself.
+            format!(
+                "container options (`{}`) are not accepted on an endpoint that restricts containers",
+                container.options.as_deref().unwrap_or_default()
+            )
+        } else {
+            return None;
+        };
+        Some(TaskError::system(
+            ErrorKind::Endpoint,
+            "ContainerNotAllowed",
+            message,
+        ))
     }
 
     /// Applies interchange events; returns the results to send to the service.

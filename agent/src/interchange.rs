@@ -196,6 +196,7 @@ struct Manager {
     registration: Registration,
     outstanding: HashMap<TaskId, Dispatched>,
     busy_workers: u32,
+    container_switches: u64,
     last_heard: Instant,
     last_sent: Instant,
     draining: bool,
@@ -310,7 +311,13 @@ impl Interchange {
         manager.last_heard = Instant::now();
         match message {
             ManagerMessage::Register(_) => unreachable!("handled above"),
-            ManagerMessage::Heartbeat { busy_workers } => manager.busy_workers = busy_workers,
+            ManagerMessage::Heartbeat {
+                busy_workers,
+                container_switches,
+            } => {
+                manager.busy_workers = busy_workers;
+                manager.container_switches = container_switches;
+            }
             ManagerMessage::Results { results: batch } => {
                 for mut result in batch {
                     let Some(dispatched) = manager.outstanding.remove(&result.task_id) else {
@@ -378,6 +385,7 @@ impl Interchange {
                 registration,
                 outstanding: HashMap::new(),
                 busy_workers: 0,
+                container_switches: 0,
                 last_heard: Instant::now(),
                 last_sent: Instant::now(),
                 draining: false,
@@ -571,6 +579,7 @@ impl Interchange {
                         idle_workers: r.workers.saturating_sub(busy),
                         outstanding_tasks: m.outstanding.len() as u32,
                         draining: m.draining,
+                        container_switches: m.container_switches,
                     }
                 })
                 .collect(),

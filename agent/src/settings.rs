@@ -1,11 +1,11 @@
 //! From an endpoint config to what the agent runs with: its settings and its provider.
 
 use crate::blocks::ScalingPolicy;
-use crate::config::{EndpointConfig, ProviderConfig};
+use crate::config::{Accelerators, BatchProvider, EndpointConfig, EngineConfig, ProviderConfig};
 use crate::endpoint::AgentSettings;
 use crate::interchange::InterchangeConfig;
 use anyhow::{bail, Context};
-use scifaas_providers::{LocalProvider, Provider};
+use scifaas_providers::{Credentials, KubernetesProvider, LocalProvider, Provider};
 use std::path::PathBuf;
 
 /// Builds the agent's settings and provider. `scifaas_exe` is the binary pilots run as
@@ -33,6 +33,20 @@ pub fn from_config(
                 .context("loading the provider's script template")?,
             config.provider.launcher(),
         )),
+        ProviderConfig::Kubernetes(k) => Box::new(KubernetesProvider::new(
+            name,
+            k.options(),
+            k.pod_template()
+                .context("loading the provider's pod template")?,
+            Credentials::discover().context("finding Kubernetes credentials")?,
+        )),
+        ProviderConfig::Slurm(_)
+        | ProviderConfig::Pbs(_)
+        | ProviderConfig::Torque(_)
+        | ProviderConfig::Cobalt(_) => BatchProvider::from_config(&config.provider)
+            .context("loading the provider's script template")?
+            .expect("slurm, pbs, torque and cobalt are batch providers")
+            .into_provider(),
     };
     let mut secret = [0u8; 32];
     getrandom::fill(&mut secret).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
@@ -59,19 +73,21 @@ pub fn from_config(
             workers_per_node: workers,
             parallelism: limits.parallelism,
             max_idletime: config.strategy.max_idletime,
-            status_poll_period: config.strategy.period,
+            status_poll_period: config.provider.status_poll_period(),
         },
         strategy_period: config.strategy.period,
         manager_command: vec![exe, "manager".to_owned()],
-        manager_args: vec![
-            "--workers".to_owned(),
-            workers.to_string(),
-            "--python".to_owned(),
-            engine.worker_python.clone(),
-        ],
+        manager_args: {
+            let mut args = manager_args(engine, workers);
+            if let Some(walltime) = config.provider.walltime() {
+                args.extend(["--walltime".to_owned(), walltime.as_secs().to_string()]);
+            }
+            args
+        },
         walltime: config.provider.walltime(),
         worker_init: config.provider.worker_init().to_owned(),
         task_walltime: engine.task_walltime,
+        allowed_containers: engine.allowed_containers.clone(),
         // The service keeps every task until its result is stored and sends unfinished
         // ones again when the agent reconnects, so the journal needs to survive a crash
         // of the agent (write(2) does), not a power loss (which fdatasync would).
@@ -106,9 +122,74 @@ pub fn interface_address(interface: &str) -> anyhow::Result<String> {
     )
 }
 
+/// The `scifaas manager` arguments that carry the engine's worker settings to every
+/// manager: worker count and interpreter, the default container, the container
+/// templates, the idle timeout and the accelerator ids.
+fn manager_args(engine: &EngineConfig, workers: u32) -> Vec<String> {
+    let mut args = vec![
+        "--workers".to_owned(),
+        workers.to_string(),
+        "--python".to_owned(),
+        engine.worker_python.clone(),
+    ];
+    let mut arg = |name: &str, value: String| {
+        args.push(name.to_owned());
+        args.push(value);
+    };
+    if let Some(container) = &engine.container {
+        arg("--container-type", container.runtime.clone());
+        arg("--container-image", container.image.clone());
+        if let Some(options) = &container.options {
+            arg("--container-options", options.clone());
+        }
+    }
+    if let Some(dir) = &engine.container_templates {
+        arg("--container-templates", dir.to_string_lossy().into_owned());
+    }
+    if let Some(timeout) = engine.worker_idle_timeout {
+        arg("--worker-idle-timeout", timeout.as_secs_f64().to_string());
+    }
+    if let Some(Accelerators(ids)) = &engine.available_accelerators {
+        arg("--accelerators", ids.join(","));
+    }
+    args
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_engines_worker_settings_reach_the_manager_command_line() {
+        let text = "engine:\n  worker_python: /opt/py/bin/python3\n  container: {type: apptainer, \
+                    image: /img/sci.sif, options: \"-B /scratch\"}\n  worker_idle_timeout: 90s\n  \
+                    available_accelerators: [0, 2]\n";
+        let config = EndpointConfig::parse(text, std::path::Path::new("/e/config.yaml")).unwrap();
+        assert_eq!(
+            manager_args(&config.engine, 2),
+            [
+                "--workers",
+                "2",
+                "--python",
+                "/opt/py/bin/python3",
+                "--container-type",
+                "apptainer",
+                "--container-image",
+                "/img/sci.sif",
+                "--container-options",
+                "-B /scratch",
+                "--worker-idle-timeout",
+                "90",
+                "--accelerators",
+                "0,2"
+            ]
+        );
+        let plain = EndpointConfig::parse("", std::path::Path::new("/e/config.yaml")).unwrap();
+        assert_eq!(
+            manager_args(&plain.engine, 1),
+            ["--workers", "1", "--python", "python3"]
+        );
+    }
 
     #[test]
     fn the_loopback_interface_resolves_and_a_missing_one_is_named() {

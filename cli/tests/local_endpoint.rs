@@ -275,3 +275,42 @@ fn users_see_only_their_own_tasks_and_tokens_are_checked() {
     );
     assert_eq!(status, 404);
 }
+
+#[test]
+fn a_container_the_endpoint_does_not_allow_fails_before_it_is_queued() {
+    let stack = Stack::start();
+    stack.write_endpoint_config(
+        "ep",
+        1,
+        "  allowed_containers:\n    - {type: bwrap, image: \"/site/images/*\"}\n",
+    );
+    let _agent = stack.start_endpoint("ep");
+    stack.wait_endpoint_ready("ep");
+    let register = |container: Value| {
+        let (status, answer) = stack.post(
+            "/v1/functions",
+            &json!({"name": "f", "source": "def f(x):\n    return x\n", "container": container}),
+        );
+        assert_eq!(status, 201, "{answer}");
+        answer["function_id"].as_str().unwrap().to_owned()
+    };
+    let elsewhere = register(json!({"type": "charliecloud", "image": "/tmp/img"}));
+    let (status, body, _) = stack.invoke("ep", &elsewhere, "1");
+    assert_eq!(status, 502, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("not allowed"),
+        "{body}"
+    );
+    let with_options =
+        register(json!({"type": "bwrap", "image": "/site/images/a", "options": "--bind / /host"}));
+    let (status, body, _) = stack.invoke("ep", &with_options, "1");
+    assert_eq!(status, 502, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("options"),
+        "{body}"
+    );
+    // Plain functions still run.
+    let plain = stack.register("hello_world", HELLO);
+    let (status, body, _) = stack.invoke("ep", &plain, "2");
+    assert_eq!((status, body), (200, json!(2)));
+}

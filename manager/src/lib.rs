@@ -2,12 +2,21 @@
 //! interchange, keeps `workers` Python workers warm, hands each one task at a time,
 //! enforces task walltime, and returns results in batches.
 //!
+//! Workers may run inside containers ([`scifaas_worker::containers`]): each slot's
+//! worker serves one container at a time, tasks go to a warm worker of their function's
+//! container, and a slot switches containers only when a container has no worker at
+//! all (the `pool` module). Switches are counted and reported in heartbeats. A container whose
+//! worker cannot start fails its tasks with the runtime's own words, and is not started
+//! again for a while (the `failures` module).
+//!
 //! Threads: the main thread owns the ZeroMQ DEALER and all scheduling state
 //! ([`run::Manager`]); each worker slot is a thread that owns one worker process
 //! ([`slot`]). Slots report back over a channel and wake the main thread through an
 //! inproc ZeroMQ socket, so one `zmq::poll` waits for both the interchange and the slots.
 
+mod failures;
+mod pool;
 mod run;
 mod slot;
 
-pub use run::{run, ManagerConfig};
+pub use run::{drain_margin, run, ManagerConfig, ACCELERATOR_VARIABLES, DEFAULT_START_RETRY_AFTER};

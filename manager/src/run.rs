@@ -1,18 +1,33 @@
-//! The manager's main loop: registration, dispatch to slots, result batching,
-//! heartbeats and the walltime watchdog.
+//! The manager's main loop: registration, dispatch to slots by container, result
+//! batching, heartbeats, idle retirement and the walltime watchdog.
 
-use crate::slot::{spawn_slot, SlotEvent, SlotHandle};
+use crate::failures::StartFailures;
+use crate::pool::{Placement, Pool, Running, WorkerKind};
+use crate::slot::{spawn_slot, SlotEvent, SlotHandle, SlotOrder, SlotShared};
 use anyhow::{bail, Context};
 use scifaas_protocol::interchange::{InterchangeMessage, ManagerMessage, Registration};
 use scifaas_protocol::time::now_micros;
 use scifaas_protocol::{
-    decode, encode, BlockId, ErrorKind, ManagerId, TaskError, TaskId, TaskResult, TaskSpec,
+    decode, encode, BlockId, ContainerSpec, ErrorKind, ManagerId, TaskError, TaskResult, TaskSpec,
     PROTOCOL_VERSION,
 };
-use scifaas_worker::WorkerCommand;
-use std::collections::VecDeque;
-use std::sync::mpsc;
+use scifaas_worker::{ContainerRuntimes, WorkerCommand};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
+
+/// The variables that pin a worker to its accelerator: NVIDIA (CUDA), AMD (ROCm) and
+/// Intel (Level Zero) runtimes each read their own.
+pub const ACCELERATOR_VARIABLES: &[&str] = &[
+    "CUDA_VISIBLE_DEVICES",
+    "ROCR_VISIBLE_DEVICES",
+    "ZE_AFFINITY_MASK",
+];
+
+/// How long tasks for a container whose worker failed to start fail at once, before a
+/// start is tried again, by default.
+pub const DEFAULT_START_RETRY_AFTER: Duration = Duration::from_secs(30);
 
 /// Everything a manager needs to know; built by `scifaas manager` from its arguments and
 /// environment.
@@ -23,16 +38,109 @@ pub struct ManagerConfig {
     pub block_id: BlockId,
     /// The batch job this manager runs in, if any (`SLURM_JOB_ID`, `PBS_JOBID`, ...).
     pub job_id: Option<String>,
+    /// Workers to keep (capped at the number of `accelerators` when there are any).
     pub workers: u32,
     /// The endpoint's secret (from `SCIFAAS_ENDPOINT_SECRET`, never a command line).
     pub secret: String,
+    /// How a worker starts outside any container.
     pub worker: WorkerCommand,
+    /// How workers start in containers: the runtimes' templates and executables.
+    pub containers: Arc<ContainerRuntimes>,
+    /// The container of a task whose function names none (`engine.container`); `None`:
+    /// such tasks run outside any container. The slots start warm in it.
+    pub default_container: Option<ContainerSpec>,
+    /// Workers idle this long are stopped (`engine.worker_idle_timeout`); `None`: never.
+    pub worker_idle_timeout: Option<Duration>,
+    /// Accelerator ids (`engine.available_accelerators`): worker `i` sees only
+    /// `accelerators[i]`, through [`ACCELERATOR_VARIABLES`].
+    pub accelerators: Vec<String>,
+    /// After a worker fails to start in a container, tasks for that container fail at
+    /// once with that failure for this long (default [`DEFAULT_START_RETRY_AFTER`]).
+    pub start_retry_after: Duration,
     /// How long to wait for the interchange to answer the registration.
     pub register_timeout: Duration,
+    /// The pilot job's walltime: the manager stops taking work a margin before it ends
+    /// ([`drain_margin`]) and exits once its tasks are done. `None`: no limit.
+    pub walltime: Option<Duration>,
+}
+
+/// How long before its pilot's walltime a manager stops taking work: 5 % of the
+/// walltime, at least 5 s and at most 2 min, so that running tasks can finish and the
+/// manager can say goodbye before the scheduler kills the job.
+pub fn drain_margin(walltime: Duration) -> Duration {
+    (walltime / 20).clamp(Duration::from_secs(5), Duration::from_secs(120))
+}
+
+impl ManagerConfig {
+    /// A manager of one worker outside containers, with every other setting at its
+    /// default.
+    pub fn new(
+        interchange: impl Into<String>,
+        block_id: BlockId,
+        secret: impl Into<String>,
+    ) -> Self {
+        Self {
+            interchange: interchange.into(),
+            block_id,
+            job_id: None,
+            workers: 1,
+            secret: secret.into(),
+            worker: WorkerCommand::default(),
+            containers: Arc::new(ContainerRuntimes::builtin()),
+            default_container: None,
+            worker_idle_timeout: None,
+            accelerators: Vec::new(),
+            start_retry_after: DEFAULT_START_RETRY_AFTER,
+            register_timeout: Duration::from_secs(60),
+            walltime: None,
+        }
+    }
+
+    /// The workers this manager runs: `workers`, at most one per accelerator.
+    pub fn worker_count(&self) -> u32 {
+        if self.accelerators.is_empty() {
+            self.workers
+        } else {
+            self.workers.min(self.accelerators.len() as u32)
+        }
+    }
+
+    /// The command of worker `slot` outside containers: [`ManagerConfig::worker`] with
+    /// its accelerator pinned.
+    fn slot_command(&self, slot: usize) -> WorkerCommand {
+        let mut command = self.worker.clone();
+        if let Some(id) = self.accelerators.get(slot) {
+            for var in ACCELERATOR_VARIABLES {
+                command.env.retain(|(k, _)| k != var);
+                command.env.push(((*var).to_owned(), id.clone()));
+            }
+        }
+        command
+    }
 }
 
 /// Runs a manager until the interchange tells it to stop, or is lost.
 pub fn run(config: ManagerConfig) -> anyhow::Result<()> {
+    let workers = config.worker_count();
+    anyhow::ensure!(workers > 0, "a manager needs at least one worker");
+    if workers < config.workers {
+        tracing::info!(
+            workers,
+            asked = config.workers,
+            "one worker per accelerator: fewer workers than asked"
+        );
+    }
+    let started = Instant::now();
+    let drain_at = config
+        .walltime
+        .map(|w| started + w.saturating_sub(drain_margin(w)));
+    // SIGTERM/SIGINT (a scheduler ending the job, an admin) end the manager cleanly: its
+    // workers are their own process groups and would outlive it otherwise.
+    let (signals_rx, signals_tx) = std::os::unix::net::UnixStream::pair()?;
+    signals_rx.set_nonblocking(true)?;
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::low_level::pipe::register(signal, signals_tx.try_clone()?)?;
+    }
     let context = zmq::Context::new();
     let dealer = context.socket(zmq::DEALER)?;
     let manager_id = ManagerId(format!(
@@ -53,63 +161,82 @@ pub fn run(config: ManagerConfig) -> anyhow::Result<()> {
         block_id: config.block_id.clone(),
         job_id: config.job_id.clone(),
         host: hostname(),
-        workers: config.workers,
+        workers,
         cores: std::thread::available_parallelism()
             .map(|n| n.get() as u32)
             .unwrap_or(1),
         memory_bytes: total_memory_bytes(),
         secret: config.secret.clone(),
-        accepts_until: None,
+        accepts_until: config
+            .walltime
+            .map(|w| now_micros() + w.saturating_sub(drain_margin(w)).as_micros() as i64),
     };
     dealer.send(encode(&ManagerMessage::Register(registration)), 0)?;
     let (period, threshold) = await_registration(&dealer, config.register_timeout)?;
-    tracing::info!(%manager_id, interchange = %config.interchange, workers = config.workers, "registered");
+    tracing::info!(%manager_id, interchange = %config.interchange, workers, "registered");
 
     // Slots report through a channel and wake the poll through this inproc pair.
     let wake_addr = format!("inproc://slot-wake-{}", manager_id.0);
     let wake_rx = context.socket(zmq::PULL)?;
     wake_rx.bind(&wake_addr)?;
     let (events_tx, events_rx) = mpsc::channel();
-    let slots: Vec<SlotHandle> = (0..config.workers as usize)
+    let shared = SlotShared {
+        runtimes: config.containers.clone(),
+        failures: Arc::new(StartFailures::new(config.start_retry_after)),
+        switches: Arc::new(AtomicU64::new(0)),
+        host: hostname(),
+    };
+    let default_kind = WorkerKind(config.default_container.clone());
+    let slots: Vec<SlotHandle> = (0..workers as usize)
         .map(|i| {
             let push = context.socket(zmq::PUSH).expect("inproc socket");
             push.connect(&wake_addr).expect("inproc connect");
             let push = std::sync::Mutex::new(push);
-            spawn_slot(i, config.worker.clone(), events_tx.clone(), move || {
+            let wake = move || {
                 if let Ok(p) = push.lock() {
                     let _ = p.send(&[][..], zmq::DONTWAIT);
                 }
-            })
+            };
+            let base = config.slot_command(i);
+            spawn_slot(
+                i,
+                base,
+                default_kind.clone(),
+                shared.clone(),
+                events_tx.clone(),
+                wake,
+            )
         })
         .collect();
 
     let mut manager = Manager {
         dealer,
         slots,
-        busy: vec![None; config.workers as usize],
+        pool: Pool::new(workers as usize, &default_kind),
+        shared,
+        default_kind,
+        idle_timeout: config.worker_idle_timeout,
         queue: VecDeque::new(),
         period,
         threshold,
         last_heard: Instant::now(),
         last_sent: Instant::now(),
         draining: false,
+        drain_at,
     };
-    let outcome = manager.serve(&wake_rx, &events_rx);
+    let outcome = manager.serve(&wake_rx, &events_rx, &signals_rx);
     manager.stop();
     outcome
-}
-
-/// A task a slot is running, and when it must be done.
-#[derive(Clone)]
-struct Running {
-    task_id: TaskId,
-    deadline: Option<Instant>,
 }
 
 struct Manager {
     dealer: zmq::Socket,
     slots: Vec<SlotHandle>,
-    busy: Vec<Option<Running>>,
+    pool: Pool,
+    shared: SlotShared,
+    /// The kind of a task whose function names no container.
+    default_kind: WorkerKind,
+    idle_timeout: Option<Duration>,
     /// Tasks received beyond the free slots (the interchange's prefetch).
     queue: VecDeque<TaskSpec>,
     period: Duration,
@@ -117,6 +244,8 @@ struct Manager {
     last_heard: Instant,
     last_sent: Instant,
     draining: bool,
+    /// When to stop taking work, ahead of the pilot's walltime.
+    drain_at: Option<Instant>,
 }
 
 impl Manager {
@@ -124,17 +253,36 @@ impl Manager {
         &mut self,
         wake_rx: &zmq::Socket,
         events: &mpsc::Receiver<SlotEvent>,
+        signals: &std::os::unix::net::UnixStream,
     ) -> anyhow::Result<()> {
+        use std::os::fd::AsRawFd;
         loop {
-            let timeout = self.poll_timeout();
-            let (interchange_ready, slots_ready) = {
+            let mut timeout = self.poll_timeout();
+            if let Some(at) = self.drain_at.filter(|_| !self.draining) {
+                timeout = timeout.min(at.saturating_duration_since(Instant::now()));
+            }
+            let (interchange_ready, slots_ready, signalled) = {
                 let mut items = [
                     self.dealer.as_poll_item(zmq::POLLIN),
                     wake_rx.as_poll_item(zmq::POLLIN),
+                    zmq::PollItem::from_fd(signals.as_raw_fd(), zmq::POLLIN),
                 ];
-                zmq::poll(&mut items, timeout.as_millis() as i64)?;
-                (items[0].is_readable(), items[1].is_readable())
+                zmq::poll(&mut items, timeout.as_millis().max(1) as i64)?;
+                (
+                    items[0].is_readable(),
+                    items[1].is_readable(),
+                    items[2].is_readable(),
+                )
             };
+            if signalled {
+                tracing::info!("terminated by a signal; stopping workers");
+                return Ok(());
+            }
+            if !self.draining && self.drain_at.is_some_and(|at| Instant::now() >= at) {
+                tracing::info!("the pilot's walltime is near: taking no more work");
+                self.draining = true;
+                self.send(&ManagerMessage::Draining)?;
+            }
             if slots_ready {
                 while wake_rx.recv_bytes(zmq::DONTWAIT).is_ok() {}
                 self.on_slot_events(events)?;
@@ -153,6 +301,7 @@ impl Manager {
                 }
             }
             self.enforce_walltime();
+            self.retire_idle_workers();
             if self.last_heard.elapsed() > self.threshold {
                 bail!(
                     "the interchange has been silent for {:?} (threshold {:?}); giving up",
@@ -161,8 +310,10 @@ impl Manager {
                 );
             }
             if self.last_sent.elapsed() >= self.period {
-                let busy_workers = self.busy.iter().filter(|b| b.is_some()).count() as u32;
-                self.send(&ManagerMessage::Heartbeat { busy_workers })?;
+                self.send(&ManagerMessage::Heartbeat {
+                    busy_workers: self.pool.busy_count() as u32,
+                    container_switches: self.shared.switches.load(Ordering::Relaxed),
+                })?;
             }
             if self.draining && self.idle() {
                 self.send(&ManagerMessage::Bye)?;
@@ -198,9 +349,24 @@ impl Manager {
 
     fn on_slot_events(&mut self, events: &mpsc::Receiver<SlotEvent>) -> anyhow::Result<()> {
         let mut results = Vec::new();
-        while let Ok(SlotEvent::Done { slot, result }) = events.try_recv() {
-            self.busy[slot] = None;
-            results.push(result);
+        while let Ok(event) = events.try_recv() {
+            match event {
+                SlotEvent::Done { slot, result, kind } => {
+                    self.pool.on_done(slot, kind);
+                    results.push(result);
+                }
+                SlotEvent::Started { slot } => {
+                    // The container start is behind it: the task's walltime runs from now.
+                    if let Some(running) = &mut self.pool.slots[slot].busy {
+                        running.deadline = running.walltime.map(|w| Instant::now() + w);
+                    }
+                }
+                SlotEvent::Empty { slot } => {
+                    if self.pool.slots[slot].busy.is_none() {
+                        self.pool.slots[slot].kind = None;
+                    }
+                }
+            }
         }
         // Refill the slots before sending, so the next task starts as early as possible.
         self.dispatch();
@@ -214,25 +380,58 @@ impl Manager {
         Ok(())
     }
 
+    /// The container a task runs in: its function's, else the manager's default.
+    fn kind_of(&self, task: &TaskSpec) -> WorkerKind {
+        match &task.function.container {
+            Some(spec) => WorkerKind(Some(spec.clone())),
+            None => self.default_kind.clone(),
+        }
+    }
+
+    /// Hands queued tasks to slots ([`Pool::choose`]), oldest first; a task that must
+    /// wait for a worker of its container lets later tasks of other containers pass.
     fn dispatch(&mut self) {
+        let mut queued: HashMap<WorkerKind, usize> = HashMap::new();
+        for task in &self.queue {
+            *queued.entry(self.kind_of(task)).or_default() += 1;
+        }
         let mut lost = Vec::new();
-        for (slot, running) in self.busy.iter_mut().enumerate() {
-            if running.is_some() {
-                continue;
+        let mut i = 0;
+        while i < self.queue.len() && self.pool.any_free() {
+            let kind = self.kind_of(&self.queue[i]);
+            if let Some(n) = queued.get_mut(&kind) {
+                *n -= 1;
             }
-            let Some(task) = self.queue.pop_front() else {
-                break;
+            let failing = self.shared.failures.recent(&kind).is_some();
+            let Some((slot, placement)) = self.pool.choose(&kind, failing, &queued) else {
+                *queued.entry(kind).or_default() += 1;
+                i += 1;
+                continue;
             };
-            *running = Some(Running {
+            let task = self.queue.remove(i).expect("index within the queue");
+            let walltime = task.walltime_ms.map(Duration::from_millis);
+            let running = Running {
                 task_id: task.task_id,
-                deadline: task
-                    .walltime_ms
-                    .map(|ms| Instant::now() + Duration::from_millis(ms)),
-            });
-            if let Err(mpsc::SendError(task)) = self.slots[slot].tasks.send(task) {
+                // A slot that starts a worker first says when the task really starts.
+                deadline: match placement {
+                    Placement::Warm => walltime.map(|w| Instant::now() + w),
+                    _ => None,
+                },
+                walltime,
+            };
+            if placement == Placement::Switch {
+                tracing::info!(slot, %kind, "switching a worker to another container");
+            }
+            self.pool.assign(slot, &kind, placement, running);
+            if let Err(mpsc::SendError(order)) =
+                self.slots[slot].orders.send(SlotOrder::Run { task, kind })
+            {
                 // The slot thread is gone; this cannot happen while the manager runs.
+                let SlotOrder::Run { task, .. } = order else {
+                    unreachable!("a run order was sent")
+                };
                 tracing::error!(slot, task_id = %task.task_id, "slot thread is gone");
-                *running = None;
+                self.pool.on_done(slot, None);
                 lost.push(TaskResult::failed(
                     task.task_id,
                     TaskError::system(ErrorKind::WorkerDied, "WorkerDied", "worker slot is gone"),
@@ -246,11 +445,12 @@ impl Manager {
 
     fn enforce_walltime(&mut self) {
         let now = Instant::now();
-        for (slot, running) in self.busy.iter().enumerate() {
+        for (slot, view) in self.pool.slots.iter().enumerate() {
             if let Some(Running {
                 task_id,
                 deadline: Some(deadline),
-            }) = running
+                ..
+            }) = &view.busy
             {
                 if now >= *deadline
                     && !self.slots[slot]
@@ -264,16 +464,39 @@ impl Manager {
         }
     }
 
+    /// Stops workers idle past `worker_idle_timeout`; their slots start a worker again
+    /// when work comes.
+    fn retire_idle_workers(&mut self) {
+        let Some(timeout) = self.idle_timeout else {
+            return;
+        };
+        for slot in self.pool.idle_past(timeout) {
+            if self.slots[slot].orders.send(SlotOrder::Retire).is_ok() {
+                tracing::debug!(slot, "worker idle for {timeout:?}; retiring it");
+                self.pool.slots[slot].kind = None;
+            }
+        }
+    }
+
     fn poll_timeout(&self) -> Duration {
+        let now = Instant::now();
         let mut timeout = self.period.saturating_sub(self.last_sent.elapsed());
-        for deadline in self.busy.iter().flatten().filter_map(|r| r.deadline) {
-            timeout = timeout.min(deadline.saturating_duration_since(Instant::now()));
+        let deadlines = self
+            .pool
+            .slots
+            .iter()
+            .filter_map(|s| s.busy.as_ref()?.deadline);
+        let idle = self
+            .idle_timeout
+            .and_then(|t| self.pool.next_idle_deadline(t));
+        for deadline in deadlines.chain(idle) {
+            timeout = timeout.min(deadline.saturating_duration_since(now));
         }
         timeout.max(Duration::from_millis(1))
     }
 
     fn idle(&self) -> bool {
-        self.queue.is_empty() && self.busy.iter().all(Option::is_none)
+        self.queue.is_empty() && self.pool.busy_count() == 0
     }
 
     fn send(&mut self, message: &ManagerMessage) -> anyhow::Result<()> {
@@ -290,8 +513,8 @@ impl Manager {
         for slot in slots {
             // A slot stuck in a long task would block its thread: kill the worker first.
             slot.kill_worker();
-            let SlotHandle { tasks, thread, .. } = slot;
-            drop(tasks);
+            let SlotHandle { orders, thread, .. } = slot;
+            drop(orders);
             let _ = thread.join();
         }
     }

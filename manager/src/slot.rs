@@ -1,23 +1,60 @@
-//! A worker slot: one thread that owns one warm worker process and runs one task at a
-//! time on it, replacing the worker when it dies.
+//! A worker slot: one thread that owns at most one warm worker, for one container at a
+//! time, and runs one task at a time on it. The main thread decides which slot a task
+//! goes to ([`crate::pool`]); the slot starts, switches, replaces and retires its worker
+//! as the task's container requires.
 
+use crate::failures::StartFailures;
+use crate::pool::WorkerKind;
 use scifaas_protocol::{Actor, ErrorKind, TaskError, TaskResult, TaskSpec, TaskState, Transition};
-use scifaas_worker::WorkerKiller;
-use scifaas_worker::{Worker, WorkerCommand};
-use std::sync::atomic::{AtomicBool, Ordering};
+use scifaas_worker::{ContainerRuntimes, Worker, WorkerCommand, WorkerKiller};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
-
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// How long a retired worker gets to exit once its input is closed, before SIGKILL. A
+/// clean exit matters for runtimes that clean up after their process (`docker run --rm`).
+const RETIRE_GRACE: Duration = Duration::from_secs(2);
+
+/// What the main thread tells a slot.
+// Sent once per task through a channel: a few hundred bytes moved beat a box per task.
+#[allow(clippy::large_enum_variant)]
+pub enum SlotOrder {
+    /// Run this task in a worker of this kind, starting or switching one if needed.
+    Run { task: TaskSpec, kind: WorkerKind },
+    /// Stop the worker (it has been idle too long).
+    Retire,
+}
+
 /// What a slot tells the main thread.
+#[allow(clippy::large_enum_variant)] // as for SlotOrder
 pub enum SlotEvent {
-    Done { slot: usize, result: TaskResult },
+    /// A task is finished; the slot now holds a worker of `kind` (`None`: no worker).
+    Done {
+        slot: usize,
+        result: TaskResult,
+        kind: Option<WorkerKind>,
+    },
+    /// The slot had to start a worker for its task, which runs from now on (its walltime
+    /// starts now).
+    Started { slot: usize },
+    /// The slot's worker is gone and could not be replaced.
+    Empty { slot: usize },
+}
+
+/// What every slot shares.
+#[derive(Clone)]
+pub struct SlotShared {
+    pub runtimes: Arc<ContainerRuntimes>,
+    pub failures: Arc<StartFailures>,
+    /// Workers retired to make room for another container's (exposed in heartbeats).
+    pub switches: Arc<AtomicU64>,
+    pub host: String,
 }
 
 /// The main thread's handle on a slot.
 pub struct SlotHandle {
-    pub tasks: Sender<TaskSpec>,
+    pub orders: Sender<SlotOrder>,
     /// Set by the watchdog before it kills the worker, so the slot reports a walltime
     /// failure rather than a crash.
     pub walltime_hit: Arc<AtomicBool>,
@@ -43,29 +80,38 @@ impl SlotHandle {
     }
 }
 
-/// Starts a slot thread. `wake` is called after each event is queued, so the main
-/// thread's poll returns.
+/// Starts a slot thread, which starts a worker of `initial` kind at once so that the
+/// first task finds it warm. `base` is the command of a worker outside any container
+/// (with this slot's accelerator pinned in its environment). `wake` is called after
+/// each event is queued, so the main thread's poll returns.
 pub fn spawn_slot(
     slot: usize,
-    command: WorkerCommand,
+    base: WorkerCommand,
+    initial: WorkerKind,
+    shared: SlotShared,
     events: Sender<SlotEvent>,
     wake: impl Fn() + Send + 'static,
 ) -> SlotHandle {
-    let (tasks_tx, tasks) = std::sync::mpsc::channel();
+    let (orders_tx, orders) = std::sync::mpsc::channel();
     let walltime_hit = Arc::new(AtomicBool::new(false));
     let killer = Arc::new(Mutex::new(None));
     let state = SlotState {
         slot,
-        command,
+        base,
+        shared,
         walltime_hit: walltime_hit.clone(),
         killer: killer.clone(),
+        current: None,
     };
+    // The worker is spawned from this thread, which lives as long as the slot: a
+    // runtime that ties its child's life to its parent's (bwrap --die-with-parent uses
+    // PR_SET_PDEATHSIG, which follows the spawning *thread*) keeps the worker alive.
     let thread = std::thread::Builder::new()
         .name(format!("slot-{slot}"))
-        .spawn(move || state.serve(tasks, events, wake))
+        .spawn(move || state.serve(initial, orders, events, wake))
         .expect("spawning a slot thread");
     SlotHandle {
-        tasks: tasks_tx,
+        orders: orders_tx,
         walltime_hit,
         killer,
         thread,
@@ -74,73 +120,164 @@ pub fn spawn_slot(
 
 struct SlotState {
     slot: usize,
-    command: WorkerCommand,
+    base: WorkerCommand,
+    shared: SlotShared,
     walltime_hit: Arc<AtomicBool>,
     killer: Arc<Mutex<Option<WorkerKiller>>>,
+    current: Option<(WorkerKind, Worker)>,
 }
 
 impl SlotState {
-    fn serve(self, tasks: Receiver<TaskSpec>, events: Sender<SlotEvent>, wake: impl Fn()) {
-        // Start warm: the worker is spawned before the first task arrives.
-        let mut worker = self.start_worker();
-        for task in tasks {
-            let running = Transition::now(TaskState::Running, Actor::Manager);
-            let mut result = match worker.as_mut() {
-                Ok(w) => match w.run(&task) {
-                    Ok(reply) => reply.into_task_result(),
-                    Err(err) => {
-                        let error = if self.walltime_hit.swap(false, Ordering::AcqRel) {
-                            TaskError::system(
-                                ErrorKind::Walltime,
-                                "WalltimeExceeded",
-                                format!(
-                                    "task ran past its walltime of {} ms and its worker was killed",
-                                    task.walltime_ms.unwrap_or(0)
-                                ),
-                            )
-                        } else {
-                            TaskError::system(ErrorKind::WorkerDied, "WorkerDied", err.to_string())
-                        };
-                        worker = self.start_worker();
-                        TaskResult::failed(task.task_id, error)
-                    }
-                },
-                Err(message) => {
-                    let message = message.clone();
-                    // A worker that cannot start fails its task, then we try again, with
-                    // a pause so that a broken interpreter does not spin.
-                    std::thread::sleep(Duration::from_millis(200));
-                    worker = self.start_worker();
-                    TaskResult::failed(
-                        task.task_id,
-                        TaskError::system(ErrorKind::Endpoint, "WorkerStartFailed", message),
-                    )
+    fn serve(
+        mut self,
+        initial: WorkerKind,
+        orders: Receiver<SlotOrder>,
+        events: Sender<SlotEvent>,
+        wake: impl Fn(),
+    ) {
+        let send = |event| events.send(event).map(|()| wake()).is_ok();
+        if self.start(&initial).is_err() && !send(SlotEvent::Empty { slot: self.slot }) {
+            return;
+        }
+        for order in orders {
+            let (task, kind) = match order {
+                SlotOrder::Retire => {
+                    self.retire("idle");
+                    continue;
                 }
+                SlotOrder::Run { task, kind } => (task, kind),
             };
-            let end_state = if result.is_success() {
-                TaskState::Success
-            } else {
-                TaskState::Failed
-            };
-            result.transitions.push(running);
-            result
-                .transitions
-                .push(Transition::now(end_state, Actor::Manager));
-            if events
-                .send(SlotEvent::Done {
-                    slot: self.slot,
-                    result,
-                })
-                .is_err()
+            let result = self.run(&task, &kind, &send);
+            let holds = self.current.as_ref().map(|(k, _)| k.clone());
+            let lost_worker = holds.is_none() && result.1;
+            if !send(SlotEvent::Done {
+                slot: self.slot,
+                result: result.0,
+                kind: holds,
+            }) {
+                break;
+            }
+            // Replace a worker that died after its result went out, so that the next
+            // task finds one warm; a replacement that fails leaves the slot empty.
+            if lost_worker
+                && self.start(&kind).is_err()
+                && !send(SlotEvent::Empty { slot: self.slot })
             {
                 break;
             }
-            wake();
         }
-        if let Ok(w) = worker {
-            w.kill();
+        self.retire("the manager is stopping");
+    }
+
+    /// Runs one task in a worker of `kind`, starting one first when the slot holds
+    /// another kind or none. Answers the result and whether a worker died running it.
+    fn run(
+        &mut self,
+        task: &TaskSpec,
+        kind: &WorkerKind,
+        send: &impl Fn(SlotEvent) -> bool,
+    ) -> (TaskResult, bool) {
+        if !self.current.as_ref().is_some_and(|(k, _)| k == kind) {
+            if let Some(error) = self.shared.failures.recent(kind) {
+                return (
+                    finished(TaskResult::failed(task.task_id, error), None),
+                    false,
+                );
+            }
+            if let Err(error) = self.start(kind) {
+                return (
+                    finished(TaskResult::failed(task.task_id, error), None),
+                    false,
+                );
+            }
+            send(SlotEvent::Started { slot: self.slot });
         }
-        self.set_killer(None);
+        let (_, worker) = self.current.as_mut().expect("a worker of the task's kind");
+        let running = Transition::now(TaskState::Running, Actor::Manager);
+        match worker.run(task) {
+            Ok(reply) => (finished(reply.into_task_result(), Some(running)), false),
+            Err(err) => {
+                let error = if self.walltime_hit.swap(false, Ordering::AcqRel) {
+                    TaskError::system(
+                        ErrorKind::Walltime,
+                        "WalltimeExceeded",
+                        format!(
+                            "task ran past its walltime of {} ms and its worker was killed",
+                            task.walltime_ms.unwrap_or(0)
+                        ),
+                    )
+                } else {
+                    err.to_task_error()
+                };
+                let died = !worker.is_usable();
+                if died {
+                    self.set_killer(None);
+                    self.current = None;
+                }
+                let result = TaskResult::failed(task.task_id, error);
+                (finished(result, Some(running)), died)
+            }
+        }
+    }
+
+    /// Starts a worker of `kind` in place of the slot's worker, unless one failed to
+    /// start recently. A failure is remembered and answered as the error of the task
+    /// that needed the worker. What can be checked without running anything (the
+    /// runtime is installed, the image exists) is checked before the current worker is
+    /// retired, so that a broken container does not cost the slot its warm worker.
+    fn start(&mut self, kind: &WorkerKind) -> Result<(), TaskError> {
+        if let Some(error) = self.shared.failures.recent(kind) {
+            return Err(error);
+        }
+        let command = match &kind.0 {
+            None => Ok(self.base.clone()),
+            Some(spec) => self.shared.runtimes.command(spec, &self.base).map_err(|e| {
+                TaskError::system(
+                    ErrorKind::Endpoint,
+                    e.type_name(),
+                    format!("could not start a worker in the {kind}: {e}"),
+                )
+            }),
+        };
+        let started = command.and_then(|command| {
+            if self.current.is_some() {
+                self.retire(&format!("switching to the {kind}"));
+                self.shared.switches.fetch_add(1, Ordering::Relaxed);
+            }
+            Worker::spawn(&command).map_err(|e| {
+                TaskError::system(
+                    ErrorKind::Endpoint,
+                    "WorkerStartFailed",
+                    format!(
+                        "could not start a worker in the {kind} on {}: {e}",
+                        self.shared.host
+                    ),
+                )
+            })
+        });
+        match started {
+            Ok(worker) => {
+                tracing::debug!(slot = self.slot, pid = worker.pid(), %kind, "worker ready");
+                self.shared.failures.clear(kind);
+                self.set_killer(Some(worker.killer()));
+                self.current = Some((kind.clone(), worker));
+                Ok(())
+            }
+            Err(error) => {
+                tracing::error!(slot = self.slot, "{}", error.message);
+                self.shared.failures.record(kind, &error);
+                Err(error)
+            }
+        }
+    }
+
+    /// Stops the slot's worker, if any: closes its input and gives it a moment to exit.
+    fn retire(&mut self, why: &str) {
+        if let Some((kind, worker)) = self.current.take() {
+            self.set_killer(None);
+            tracing::debug!(slot = self.slot, pid = worker.pid(), %kind, "retiring worker: {why}");
+            worker.shutdown(RETIRE_GRACE);
+        }
     }
 
     fn set_killer(&self, killer: Option<WorkerKiller>) {
@@ -148,19 +285,19 @@ impl SlotState {
             *slot = killer;
         }
     }
+}
 
-    fn start_worker(&self) -> Result<Worker, String> {
-        self.set_killer(None);
-        match Worker::spawn(&self.command) {
-            Ok(worker) => {
-                self.set_killer(Some(worker.killer()));
-                tracing::debug!(slot = self.slot, pid = worker.pid(), "worker ready");
-                Ok(worker)
-            }
-            Err(err) => {
-                tracing::error!(slot = self.slot, "worker failed to start: {err}");
-                Err(err.to_string())
-            }
-        }
-    }
+/// `result` with the manager's stamps: `running` (when it reached a worker, if it did)
+/// and its end state.
+fn finished(mut result: TaskResult, running: Option<Transition>) -> TaskResult {
+    let end_state = if result.is_success() {
+        TaskState::Success
+    } else {
+        TaskState::Failed
+    };
+    result.transitions.extend(running);
+    result
+        .transitions
+        .push(Transition::now(end_state, Actor::Manager));
+    result
 }

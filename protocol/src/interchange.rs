@@ -16,7 +16,14 @@ pub enum ManagerMessage {
     /// First message. A manager that gets no `Registered` in time gives up.
     Register(Registration),
     /// Sent every heartbeat period while idle; any message counts as a heartbeat.
-    Heartbeat { busy_workers: u32 },
+    Heartbeat {
+        busy_workers: u32,
+        /// Workers retired so far to make room for a worker of another container (a
+        /// manager keeps a pool per container; see the manager crate). Absent from older
+        /// managers.
+        #[serde(default)]
+        container_switches: u64,
+    },
     /// Finished tasks, in batches.
     Results { results: Vec<TaskResult> },
     /// The manager stops taking work (walltime near, or asked to drain) and will say
@@ -99,6 +106,23 @@ mod tests {
         // The payload is carried as a MessagePack bin, verbatim.
         assert!(frame.windows(payload.len()).any(|w| w == payload.as_ref()));
         assert_eq!(decode::<InterchangeMessage>(&frame).unwrap(), message);
+    }
+
+    #[test]
+    fn a_heartbeat_without_container_switches_reads_as_none() {
+        #[derive(Serialize)]
+        #[serde(tag = "type", rename_all = "kebab-case")]
+        enum OldManagerMessage {
+            Heartbeat { busy_workers: u32 },
+        }
+        let old = encode(&OldManagerMessage::Heartbeat { busy_workers: 3 });
+        assert_eq!(
+            decode::<ManagerMessage>(&old).unwrap(),
+            ManagerMessage::Heartbeat {
+                busy_workers: 3,
+                container_switches: 0
+            }
+        );
     }
 
     #[test]

@@ -81,6 +81,9 @@ pub struct ManagerStatus {
     /// Tasks dispatched to this manager and not yet returned.
     pub outstanding_tasks: u32,
     pub draining: bool,
+    /// Workers the manager retired to start one for another container.
+    #[serde(default)]
+    pub container_switches: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -38,6 +38,20 @@ pub struct ContainerSpec {
     pub options: Option<String>,
 }
 
+impl ContainerSpec {
+    /// The runtimes a container may name as its `type` (each has a command-line template
+    /// in `templates/containers/`).
+    pub const RUNTIMES: &'static [&'static str] = &[
+        "apptainer",
+        "singularity",
+        "charliecloud",
+        "docker",
+        "podman",
+        "shifter",
+        "bwrap",
+    ];
+}
+
 /// One task on its way from the service to a worker.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TaskSpec {

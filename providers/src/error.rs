@@ -23,8 +23,19 @@ pub enum ProviderError {
         command: String,
         /// Its exit code; `None` when a signal killed it.
         exit_code: Option<i32>,
-        /// What it wrote to stderr, trimmed.
+        /// What it wrote to stderr, trimmed; for the batch providers, its stdout when stderr
+        /// is empty (Slurm's PBS-compatible `qsub` reports `sbatch`'s errors there).
         stderr: String,
+    },
+
+    /// A command succeeded but its output is not what the provider can read (no job id
+    /// after a submission, say).
+    #[error("`{command}`: {message}")]
+    UnexpectedOutput {
+        /// The command line, shell-quoted.
+        command: String,
+        /// What was expected and what came, with the output (trimmed, shortened).
+        message: String,
     },
 
     /// A command did not finish in time and was killed.
@@ -65,6 +76,31 @@ pub enum ProviderError {
         message: String,
     },
 
+    /// An HTTP API (the Kubernetes API server) refused a request or could not be reached.
+    /// For a refusal, `message` is the server's own (a Kubernetes `Status` message such as
+    /// `pods is forbidden: User "..." cannot list resource "pods" ...`).
+    #[error("{request}: {}{message}", api_status(*.code, .reason.as_deref()))]
+    Api {
+        /// The method and URL, e.g. `POST https://10.0.0.1:6443/api/v1/namespaces/ns/pods`.
+        request: String,
+        /// The HTTP status code; `None` when no answer came (connection refused, timeout).
+        code: Option<u16>,
+        /// The machine-readable reason (`Forbidden`, `NotFound`, `AlreadyExists`,
+        /// `Invalid`, ...), when the server gave one.
+        reason: Option<String>,
+        /// What went wrong, in the server's words where it sent any.
+        message: String,
+    },
+
+    /// Credentials or cluster settings (a kubeconfig, a service account) could not be used.
+    #[error("{origin}: {message}")]
+    Credentials {
+        /// Where they were looked for: a kubeconfig path, the service-account directory.
+        origin: String,
+        /// What is missing or wrong, and what would be valid.
+        message: String,
+    },
+
     /// Signalling a job failed for a reason other than "it is gone already".
     #[error("could not signal job {job}: {source}")]
     Signal {
@@ -79,6 +115,14 @@ fn exit_description(code: Option<i32>) -> String {
     match code {
         Some(code) => format!("exit code {code}"),
         None => "killed by a signal".to_owned(),
+    }
+}
+
+fn api_status(code: Option<u16>, reason: Option<&str>) -> String {
+    match (code, reason) {
+        (Some(code), Some(reason)) => format!("{code} {reason}: "),
+        (Some(code), None) => format!("HTTP {code}: "),
+        (None, _) => String::new(),
     }
 }
 

@@ -9,12 +9,22 @@
 //! Every provider renders its job script from a handlebars template ([`ScriptTemplate`],
 //! built-ins in `templates/`, overridable per endpoint), in which a [`Launcher`] line starts
 //! one manager per node.
+//!
+//! The batch providers ([`SlurmProvider`], [`PbsProvider`] for PBS Pro and Torque,
+//! [`CobaltProvider`]) share [`BatchOptions`] (partition/queue, account, ...) and run every
+//! scheduler command under a timeout; their output parsers are public (in [`slurm`],
+//! [`pbs`], [`cobalt`]) so that recorded outputs of real schedulers can be tested.
 
+mod batch;
+pub mod cobalt;
 mod command;
 mod error;
+pub mod kubernetes;
 mod launcher;
 mod local;
+pub mod pbs;
 mod script;
+pub mod slurm;
 mod template;
 
 use std::collections::HashMap;
@@ -24,12 +34,17 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use batch::{check_scheduler_options, check_word, BatchOptions, DEFAULT_CMD_TIMEOUT};
+pub use cobalt::CobaltProvider;
 pub use command::{command_line, run_checked, run_with_timeout, CommandOutput};
 pub use error::ProviderError;
+pub use kubernetes::{Credentials, KubernetesOptions, KubernetesProvider, PodTemplate};
 pub use launcher::Launcher;
 pub use local::{LocalProvider, DEFAULT_CANCEL_GRACE};
-pub use script::{format_walltime, write_job_script, SCRIPT_FILE};
+pub use pbs::{PbsFlavor, PbsProvider};
+pub use script::{format_walltime, walltime_minutes, write_job_script, SCRIPT_FILE};
 pub use script::{EnvVar, ScriptVars};
+pub use slurm::SlurmProvider;
 pub use template::{shell_quote, ScriptTemplate, BUILTIN_TEMPLATES};
 
 /// The seam between the scaling policy and a resource manager.

@@ -32,6 +32,8 @@ pub struct ScriptVars {
     pub walltime: Option<String>,
     /// The walltime in whole seconds, or null.
     pub walltime_seconds: Option<u64>,
+    /// The walltime in whole minutes, rounded up (Cobalt's `-t`), or null.
+    pub walltime_minutes: Option<u64>,
     /// The block's directory.
     pub dir: String,
     /// Where the job's stdout goes (`dir/stdout`), for `#SBATCH --output` and the like.
@@ -104,6 +106,7 @@ impl ScriptVars {
             nodes: block.nodes,
             walltime: block.walltime.map(format_walltime),
             walltime_seconds: block.walltime.map(walltime_seconds),
+            walltime_minutes: block.walltime.map(walltime_minutes),
             stdout: block.dir.join("stdout").display().to_string(),
             stderr: block.dir.join("stderr").display().to_string(),
             dir,
@@ -114,6 +117,13 @@ impl ScriptVars {
             manager_command: block.manager_command.clone(),
             extra: BTreeMap::new(),
         })
+    }
+
+    /// These variables with the provider-specific ones of `extra` added (replacing any of
+    /// the same name).
+    pub fn with_extra(mut self, extra: BTreeMap<String, serde_json::Value>) -> Self {
+        self.extra.extend(extra);
+        self
     }
 
     /// Plausible values for every variable, to check a template before it is needed.
@@ -143,6 +153,12 @@ pub fn format_walltime(walltime: Duration) -> String {
 
 fn walltime_seconds(walltime: Duration) -> u64 {
     walltime.as_secs() + u64::from(walltime.subsec_nanos() > 0)
+}
+
+/// Whole minutes, rounded up, at least 1: schedulers that count in minutes must never cut
+/// a block short.
+pub fn walltime_minutes(walltime: Duration) -> u64 {
+    walltime_seconds(walltime).div_ceil(60).max(1)
 }
 
 fn is_shell_identifier(name: &str) -> bool {
@@ -206,6 +222,16 @@ mod tests {
             format_walltime(Duration::from_secs(100 * 3600)),
             "100:00:00"
         );
+    }
+
+    #[test]
+    fn walltime_minutes_round_up() {
+        assert_eq!(walltime_minutes(Duration::from_secs(30 * 60)), 30);
+        assert_eq!(walltime_minutes(Duration::from_secs(30 * 60 + 1)), 31);
+        assert_eq!(walltime_minutes(Duration::from_secs(1)), 1);
+        let vars = ScriptVars::example();
+        assert_eq!(vars.walltime_minutes, Some(30));
+        assert_eq!(vars.walltime_seconds, Some(1800));
     }
 
     #[test]

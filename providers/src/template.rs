@@ -15,8 +15,13 @@ use crate::error::ProviderError;
 use crate::script::ScriptVars;
 
 /// The built-in templates, by provider name, embedded at build time from `templates/`.
-pub const BUILTIN_TEMPLATES: &[(&str, &str)] =
-    &[("local", include_str!("../../templates/local.sh.hbs"))];
+pub const BUILTIN_TEMPLATES: &[(&str, &str)] = &[
+    ("local", include_str!("../../templates/local.sh.hbs")),
+    ("slurm", include_str!("../../templates/slurm.sh.hbs")),
+    ("pbs", include_str!("../../templates/pbs.sh.hbs")),
+    ("torque", include_str!("../../templates/torque.sh.hbs")),
+    ("cobalt", include_str!("../../templates/cobalt.sh.hbs")),
+];
 
 /// The name the one template is registered under in its registry.
 const NAME: &str = "job-script";
@@ -247,11 +252,18 @@ mod tests {
 
     #[test]
     fn every_builtin_template_renders_the_example() {
+        // The batch templates name the batch options, which every batch provider supplies.
+        let batch = crate::BatchOptions::default().script_vars();
         for (name, _) in BUILTIN_TEMPLATES {
             let t = ScriptTemplate::builtin(name).unwrap();
-            t.validate(&ScriptVars::example()).unwrap();
+            t.validate(&ScriptVars::example().with_extra(batch.clone()))
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
         }
-        assert!(ScriptTemplate::builtin("slurm").is_none());
+        ScriptTemplate::builtin("local")
+            .unwrap()
+            .validate(&ScriptVars::example())
+            .unwrap();
+        assert!(ScriptTemplate::builtin("condor").is_none());
     }
 
     #[test]

@@ -150,7 +150,7 @@ impl Registry {
                 hash: row.hash,
                 name: row.name,
                 source: Bytes::from(row.source),
-                container: None,
+                container: row.container,
             },
         });
         inner
@@ -277,6 +277,7 @@ mod tests {
             source: format!("def {name}(x): return x"),
             description: None,
             hash: "h".into(),
+            container: None,
             created_at: at,
         }
     }

@@ -294,6 +294,7 @@ async fn the_endpoint_view_shows_the_agents_latest_status() {
         idle_workers: 4 - busy,
         outstanding_tasks: busy,
         draining: false,
+        container_switches: 0,
     };
     agent
         .send(&AgentMessage::Status(EndpointStatus {
@@ -306,6 +307,7 @@ async fn the_endpoint_view_shows_the_agents_latest_status() {
                 managers: 2,
             }],
             paused: None,
+            submit_error: None,
         }))
         .await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
@@ -361,5 +363,41 @@ async fn a_result_sent_twice_is_stored_once() {
     assert_eq!(states(&view).iter().filter(|s| *s == "success").count(), 1);
     let body = api.get("/v1/results?after=0").await.expect(200);
     assert_eq!(body["tasks"].as_array().unwrap().len(), 1);
+    service.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_functions_container_travels_with_its_tasks_and_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = start_service(dir.path()).await;
+    let api = Api::admin(&service);
+    let (_, agent_token) = api.endpoint("laptop").await;
+    let body = api
+        .post(
+            "/v1/functions",
+            &json!({"name": "f", "source": "def f(x): return x",
+                    "container": {"type": "bwrap", "image": "/images/sci"}}),
+        )
+        .await
+        .expect(201);
+    let function = body["function_id"].as_str().unwrap().to_owned();
+    let expected = Some(scifaas_protocol::ContainerSpec {
+        runtime: "bwrap".into(),
+        image: "/images/sci".into(),
+        options: None,
+    });
+    api.submit("laptop", &function, json!([1])).await;
+    let mut agent = ScriptedAgent::connect(&service, &agent_token).await;
+    assert_eq!(agent.expect_tasks(1).await[0].function.container, expected);
+    drop(agent);
+    service.shutdown().await;
+
+    // Read back from the store by a new service: the container is still there.
+    let service = start_service(dir.path()).await;
+    let api = Api::new(&service, &api.token);
+    api.submit("laptop", &function, json!([2])).await;
+    let mut agent = ScriptedAgent::connect(&service, &agent_token).await;
+    let tasks = agent.expect_tasks(2).await;
+    assert!(tasks.iter().all(|t| t.function.container == expected));
     service.shutdown().await;
 }

@@ -113,6 +113,68 @@ async fn functions_register_and_read_back() {
 }
 
 #[tokio::test]
+async fn functions_may_name_a_container_which_is_checked_and_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = start_service(dir.path()).await;
+    let api = Api::admin(&service);
+    let container = json!({"type": "charliecloud", "image": "/images/sci", "options": "-b /data"});
+    let body = api
+        .post(
+            "/v1/functions",
+            &json!({"name": "f", "source": "def f(): pass", "container": container}),
+        )
+        .await
+        .expect(201);
+    let id = body["function_id"].as_str().unwrap();
+    let function = api.get(&format!("/v1/functions/{id}")).await.expect(200);
+    assert_eq!(function["container"], container);
+    // Without options, and without a container at all.
+    let body = api
+        .post(
+            "/v1/functions",
+            &json!({"name": "g", "source": "def g(): pass",
+                    "container": {"type": "docker", "image": "python:3.11"}}),
+        )
+        .await
+        .expect(201);
+    let function = api
+        .get(&format!(
+            "/v1/functions/{}",
+            body["function_id"].as_str().unwrap()
+        ))
+        .await
+        .expect(200);
+    assert_eq!(
+        function["container"],
+        json!({"type": "docker", "image": "python:3.11", "options": null})
+    );
+    let plain = api.register("h", "def h(): pass").await;
+    let function = api.get(&format!("/v1/functions/{plain}")).await.expect(200);
+    assert_eq!(function["container"], serde_json::Value::Null);
+
+    for (bad, says) in [
+        (
+            json!({"type": "lxc", "image": "x"}),
+            "not a container runtime; known: apptainer",
+        ),
+        (json!({"type": "bwrap", "image": " "}), "container.image"),
+        (json!({"type": "bwrap"}), "image"),
+        (json!({"type": "bwrap", "image": "/i", "gpus": 1}), "gpus"),
+    ] {
+        let error = api
+            .post(
+                "/v1/functions",
+                &json!({"name": "f", "source": "def f(): pass", "container": bad}),
+            )
+            .await
+            .expect_error(400, "bad-request");
+        let message = error["message"].as_str().unwrap();
+        assert!(message.contains(says), "{bad}: {message}");
+    }
+    service.shutdown().await;
+}
+
+#[tokio::test]
 async fn endpoints_are_created_listed_and_names_are_unique_per_user() {
     let dir = tempfile::tempdir().unwrap();
     let service = start_service(dir.path()).await;

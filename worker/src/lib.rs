@@ -2,7 +2,8 @@
 //! to it.
 //!
 //! A [`Worker`] is one `python3` process running [`WORKER_SCRIPT`] (optionally inside a
-//! container, through [`WorkerCommand::prefix`]). The manager gives it one task at a time
+//! container, through [`WorkerCommand::prefix`], which [`containers`] renders for each
+//! runtime). The manager gives it one task at a time
 //! with [`Worker::run`], which blocks; the walltime watchdog kills it from another thread
 //! through a [`WorkerKiller`]. The frames are described in DESIGN.md ("The manager <->
 //! worker frames") and implemented in [`frame`] and [`message`].
@@ -11,6 +12,7 @@
 //! [`scifaas_protocol::Outcome::Success`] byte for byte as the worker encoded it.
 
 mod command;
+pub mod containers;
 mod error;
 pub mod frame;
 mod killer;
@@ -21,6 +23,7 @@ mod stderr;
 pub use command::{
     bootstrap, WorkerCommand, WorkerOptions, DEFAULT_MAX_RESULT_BYTES, DEFAULT_READY_TIMEOUT,
 };
+pub use containers::{ContainerError, ContainerRuntimes, Runtime};
 pub use error::{WorkerError, WorkerExit};
 pub use frame::FrameError;
 pub use killer::WorkerKiller;

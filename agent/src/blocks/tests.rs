@@ -98,6 +98,7 @@ fn manager(block: &str, outstanding: u32) -> ManagerStatus {
         idle_workers: 4 - outstanding.min(4),
         outstanding_tasks: outstanding,
         draining: false,
+        container_switches: 0,
     }
 }
 

@@ -12,8 +12,8 @@ use super::duration::format_duration;
 use super::error::{self, ConfigError};
 use super::locate;
 use super::{
-    EndpointConfig, EngineConfig, LocalProviderConfig, ProviderConfig, RawConfig,
-    PLANNED_LAUNCHERS, PLANNED_PROVIDERS, SUPPORTED_LAUNCHERS, SUPPORTED_PROVIDERS,
+    EndpointConfig, EngineConfig, LauncherConfig, LauncherKind, LocalProviderConfig,
+    ProviderConfig, RawConfig, PLANNED_PROVIDERS, SUPPORTED_PROVIDERS,
 };
 
 /// The text being read, for locating errors in it.
@@ -29,7 +29,7 @@ impl Document<'_> {
 
     /// An error about the first of `keys` written in the file (or about `keys[0]`, at the
     /// line of its nearest written parent, when none is).
-    fn invalid(&self, keys: &[&str], message: impl Into<String>) -> ConfigError {
+    pub(super) fn invalid(&self, keys: &[&str], message: impl Into<String>) -> ConfigError {
         let written = keys
             .iter()
             .find_map(|key| locate::key_line(self.text, key).map(|line| (*key, line)));
@@ -97,17 +97,6 @@ impl Document<'_> {
             };
             return Err(self.invalid(&["provider.type"], message));
         };
-        if let Some(Value::String(launcher)) = section.get("launcher").and_then(|l| l.get("type")) {
-            if PLANNED_LAUNCHERS.contains(&launcher.as_str()) {
-                return Err(self.invalid(
-                    &["provider.launcher.type"],
-                    format!(
-                        "launcher type `{launcher}` is not supported yet; supported: {}",
-                        SUPPORTED_LAUNCHERS.join(", ")
-                    ),
-                ));
-            }
-        }
         Ok(kind)
     }
 
@@ -121,8 +110,14 @@ impl Document<'_> {
             ));
         }
         self.check_engine(&config.engine)?;
+        self.check_containers(&mut config.engine)?;
         match &mut config.provider {
             ProviderConfig::Local(local) => self.check_local(local)?,
+            ProviderConfig::Slurm(c) => self.check_batch(c)?,
+            ProviderConfig::Pbs(c) => self.check_batch(c)?,
+            ProviderConfig::Torque(c) => self.check_batch(c)?,
+            ProviderConfig::Cobalt(c) => self.check_batch(c)?,
+            ProviderConfig::Kubernetes(k) => self.check_kubernetes(k, &config.engine)?,
         }
         if config.strategy.period.is_zero() {
             return Err(self.invalid(&["strategy.period"], "must be greater than 0"));
@@ -205,13 +200,15 @@ impl Document<'_> {
             ));
         }
         self.check_block_counts(local.init_blocks, local.min_blocks, local.max_blocks)?;
-        let p = local.parallelism;
-        if !(0.0..=1.0).contains(&p) {
+        self.check_parallelism(local.parallelism)?;
+        if local.launcher.kind != LauncherKind::SingleNode {
             return Err(self.invalid(
-                &["provider.parallelism"],
-                format!("must be between 0 and 1, not {p}"),
+                &["provider.launcher.type"],
+                "the local provider runs one manager on this machine; the launcher must be \
+                 single_node",
             ));
         }
+        self.check_launcher(&local.launcher, local.nodes_per_block)?;
         if local.walltime.is_some_and(|w| w < Duration::from_secs(1)) {
             return Err(self.invalid(
                 &["provider.walltime"],
@@ -220,6 +217,9 @@ impl Document<'_> {
         }
         if local.cmd_timeout.is_zero() {
             return Err(self.invalid(&["provider.cmd_timeout"], "must be greater than 0"));
+        }
+        if local.status_poll_period.is_zero() {
+            return Err(self.invalid(&["provider.status_poll_period"], "must be greater than 0"));
         }
         if let Some(path) = &mut local.script_template {
             *path = self.resolve(path);
@@ -232,7 +232,53 @@ impl Document<'_> {
         Ok(())
     }
 
-    fn check_block_counts(&self, init: u32, min: u32, max: u32) -> Result<(), ConfigError> {
+    pub(super) fn check_parallelism(&self, p: f64) -> Result<(), ConfigError> {
+        if (0.0..=1.0).contains(&p) {
+            Ok(())
+        } else {
+            Err(self.invalid(
+                &["provider.parallelism"],
+                format!("must be between 0 and 1, not {p}"),
+            ))
+        }
+    }
+
+    /// A launcher that can start what a block needs: `single_node` starts one manager and
+    /// takes no overrides, so a block of several nodes needs another.
+    pub(super) fn check_launcher(
+        &self,
+        launcher: &LauncherConfig,
+        nodes_per_block: u32,
+    ) -> Result<(), ConfigError> {
+        if launcher.kind != LauncherKind::SingleNode {
+            return Ok(());
+        }
+        if !launcher.overrides.trim().is_empty() {
+            return Err(self.invalid(
+                &["provider.launcher.overrides"],
+                "the single_node launcher runs the manager command as it is and takes no \
+                 overrides",
+            ));
+        }
+        if nodes_per_block > 1 {
+            return Err(self.invalid(
+                &["provider.launcher.type", "provider.nodes_per_block"],
+                format!(
+                    "single_node starts one manager, on the first of the block's \
+                     {nodes_per_block} nodes; use srun, mpiexec, aprun or jsrun to start one \
+                     per node"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    pub(super) fn check_block_counts(
+        &self,
+        init: u32,
+        min: u32,
+        max: u32,
+    ) -> Result<(), ConfigError> {
         if max == 0 {
             return Err(self.invalid(
                 &["provider.max_blocks"],
@@ -261,7 +307,7 @@ impl Document<'_> {
     }
 
     /// `path` with `~/` expanded and made absolute against the config's directory.
-    fn resolve(&self, path: &Path) -> PathBuf {
+    pub(super) fn resolve(&self, path: &Path) -> PathBuf {
         if let (Ok(rest), Some(home)) = (path.strip_prefix("~"), std::env::var_os("HOME")) {
             return PathBuf::from(home).join(rest);
         }

@@ -1,6 +1,8 @@
 //! Every rule of the endpoint config: what it accepts here, what it refuses (with the
 //! exact file:line:key of the error) in `rejected`.
 
+mod batch;
+mod containers;
 mod rejected;
 
 use super::*;
@@ -29,6 +31,7 @@ fn assert_error(text: &str, line: usize, key: &str, words: &str) {
 fn local(config: &EndpointConfig) -> &LocalProviderConfig {
     match &config.provider {
         ProviderConfig::Local(local) => local,
+        other => panic!("not a local provider: {other:?}"),
     }
 }
 

@@ -13,10 +13,13 @@
     with Executor("perlmutter", client=client) as ex:
         list(ex.map(add, range(10), range(10)))
 
-Arguments and results are JSON documents; functions travel as their source.
+Arguments and results are JSON documents; functions travel as their source. A function
+may name the container it runs in: ``register_function(f, container=Container("bwrap",
+"/srv/images/sci"))``.
 """
 
 from .client import Client, DEFAULT_URL
+from .container import Container
 from .errors import ScifaasError, TaskFailed, TaskPending, TaskTimeout
 from .executor import Executor
 
@@ -24,6 +27,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Client",
+    "Container",
     "DEFAULT_URL",
     "Executor",
     "ScifaasError",

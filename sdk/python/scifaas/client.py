@@ -5,6 +5,7 @@ import threading
 import time
 import urllib.parse
 
+from .container import container_document
 from .errors import TaskPending, task_failed_from_view
 from .serialize import check_name, dumps, encode_arguments, function_source
 from .transport import Connection
@@ -132,13 +133,18 @@ class Client:
 
     # -- functions ------------------------------------------------------------------
 
-    def register_function(self, fn, name=None, description=None):
+    def register_function(self, fn, name=None, description=None, container=None):
         """Register ``fn`` and answer its ``function_id``.
 
         ``fn`` is a Python function (sent as its source, decorators removed) or the
         source text itself, then with ``name`` saying which function it defines.
-        Registering again makes a new id (functions are immutable).
+        ``container`` (a ``scifaas.Container`` or a dict ``{type, image, options?}``)
+        makes every run of it happen inside that container; without one, it runs in the
+        endpoint's default container, if the endpoint has one. Registering again makes
+        a new id (functions are immutable).
         """
+        if container is not None:
+            container = container_document(container)
         if isinstance(fn, str):
             if name is None:
                 raise ValueError("registering source text needs name= (the function to call)")
@@ -152,10 +158,12 @@ class Client:
         body = {"name": name, "source": source}
         if description is not None:
             body["description"] = description
+        if container is not None:
+            body["container"] = container
         return self.request("POST", "/v1/functions", body)["function_id"]
 
     def get_function(self, function_id):
-        """``{function_id, name, source, description, created_at}``."""
+        """``{function_id, name, source, description, container, created_at}``."""
         return self.request("GET", "/v1/functions/" + quote(function_id))
 
     # -- endpoints ------------------------------------------------------------------

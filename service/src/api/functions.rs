@@ -9,7 +9,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use scifaas_protocol::time::now_micros;
-use scifaas_protocol::FunctionId;
+use scifaas_protocol::{ContainerSpec, FunctionId};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -20,6 +20,49 @@ pub(super) struct RegisterFunction {
     name: String,
     source: String,
     description: Option<String>,
+    container: Option<ContainerRequest>,
+}
+
+/// `container: {type, image, options?}`: the container the function must run in.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ContainerRequest {
+    #[serde(rename = "type")]
+    runtime: String,
+    image: String,
+    #[serde(default)]
+    options: Option<String>,
+}
+
+impl ContainerRequest {
+    /// The container as stored and sent, or what is wrong with it. Whether an endpoint
+    /// accepts it is the endpoint's to say (its `allowed_containers`), when a task is sent.
+    fn check(self) -> Result<ContainerSpec, ApiError> {
+        if !ContainerSpec::RUNTIMES.contains(&self.runtime.as_str()) {
+            return Err(ApiError::BadRequest(format!(
+                "container.type {:?} is not a container runtime; known: {}",
+                self.runtime,
+                ContainerSpec::RUNTIMES.join(", ")
+            )));
+        }
+        let image = &self.image;
+        if image.trim().is_empty() || image.trim() != image || image.contains(char::is_control) {
+            return Err(ApiError::BadRequest(format!(
+                "container.image {image:?} must name an image: not empty, without surrounding \
+                 blanks or control characters"
+            )));
+        }
+        if self.options.as_deref().is_some_and(|o| o.contains('\0')) {
+            return Err(ApiError::BadRequest(
+                "container.options must not contain NUL characters".into(),
+            ));
+        }
+        Ok(ContainerSpec {
+            runtime: self.runtime,
+            image: self.image,
+            options: self.options.filter(|o| !o.trim().is_empty()),
+        })
+    }
 }
 
 pub(super) async fn register(
@@ -36,6 +79,7 @@ pub(super) async fn register(
     if body.source.trim().is_empty() {
         return Err(ApiError::BadRequest("source is empty".into()));
     }
+    let container = body.container.map(ContainerRequest::check).transpose()?;
     let row = FunctionRow {
         id: FunctionId::new(),
         owner: user.name.to_string(),
@@ -43,6 +87,7 @@ pub(super) async fn register(
         name: body.name,
         source: body.source,
         description: body.description,
+        container,
         created_at: now_micros(),
     };
     app.store.create_function(row.clone()).await?;
@@ -67,6 +112,7 @@ pub(super) async fn get(
         "name": function.spec.name,
         "source": String::from_utf8_lossy(&function.spec.source),
         "description": function.description,
+        "container": function.spec.container,
         "created_at": function.created_at,
     })))
 }

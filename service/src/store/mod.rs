@@ -17,7 +17,7 @@ use bytes::Bytes;
 use rusqlite::Connection;
 use scifaas_protocol::link::TaskProgress;
 use scifaas_protocol::time::Micros;
-use scifaas_protocol::{EndpointId, FunctionId, TaskId, TaskResult, TaskState};
+use scifaas_protocol::{ContainerSpec, EndpointId, FunctionId, TaskId, TaskResult, TaskState};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -68,6 +68,9 @@ pub(crate) struct FunctionRow {
     pub source: String,
     pub description: Option<String>,
     pub hash: String,
+    /// The container the function runs in (stored as JSON; NULL for none, and in
+    /// databases from before containers).
+    pub container: Option<ContainerSpec>,
     pub created_at: Micros,
 }
 
@@ -176,7 +179,7 @@ impl Store {
     }
 
     pub(crate) async fn create_function(&self, function: FunctionRow) -> Result<(), StoreError> {
-        self.durable(WriteOp::CreateFunction(function))
+        self.durable(WriteOp::CreateFunction(Box::new(function)))
             .await
             .map(drop)
     }

@@ -190,11 +190,13 @@ pub(super) fn load_registry(conn: &Connection) -> Result<RegistrySnapshot, Store
         snapshot.tokens.push(token?);
     }
     let mut functions = conn.prepare(
-        "SELECT id, owner, name, source, description, hash, created_at FROM functions ORDER BY created_at",
+        "SELECT id, owner, name, source, description, hash, created_at, container
+         FROM functions ORDER BY created_at",
     )?;
     let rows = functions.query_map([], |row| {
         Ok((
             row.get::<_, String>(0)?,
+            row.get::<_, Option<String>>(7)?,
             FunctionRow {
                 id: FunctionId::default(),
                 owner: row.get(1)?,
@@ -202,12 +204,22 @@ pub(super) fn load_registry(conn: &Connection) -> Result<RegistrySnapshot, Store
                 source: row.get(3)?,
                 description: row.get(4)?,
                 hash: row.get(5)?,
+                container: None,
                 created_at: row.get(6)?,
             },
         ))
     })?;
     for row in rows {
-        let (id, mut function) = row?;
+        let (id, container, mut function) = row?;
+        // A function whose container cannot be read is left out rather than run
+        // outside the container it asked for.
+        match container.as_deref().map(serde_json::from_str).transpose() {
+            Ok(container) => function.container = container,
+            Err(e) => {
+                tracing::warn!(id, "skipping a function whose container is malformed: {e}");
+                continue;
+            }
+        }
         match id.parse() {
             Ok(id) => {
                 function.id = id;

@@ -26,7 +26,21 @@ pub(crate) fn open_writer(path: &Path) -> rusqlite::Result<Connection> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.execute_batch(SCHEMA)?;
+    migrate(&conn)?;
     Ok(conn)
+}
+
+/// Brings a database made by an older service up to [`SCHEMA`]: columns added since are
+/// added, with NULL in the rows already there.
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let has_column = |table: &str, column: &str| -> rusqlite::Result<bool> {
+        conn.prepare("SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2")?
+            .exists([table, column])
+    };
+    if !has_column("functions", "container")? {
+        conn.execute_batch("ALTER TABLE functions ADD COLUMN container TEXT")?;
+    }
+    Ok(())
 }
 
 /// Opens a read-only connection; the file must already exist (the writer creates it).
@@ -57,6 +71,7 @@ CREATE TABLE IF NOT EXISTS tokens (
     created_at  INTEGER NOT NULL
 );
 
+-- container: JSON {type, image, options}, NULL for none (added later: see migrate()).
 CREATE TABLE IF NOT EXISTS functions (
     id          TEXT PRIMARY KEY,
     owner       TEXT NOT NULL,
@@ -64,7 +79,8 @@ CREATE TABLE IF NOT EXISTS functions (
     source      TEXT NOT NULL,
     description TEXT,
     hash        TEXT NOT NULL,
-    created_at  INTEGER NOT NULL
+    created_at  INTEGER NOT NULL,
+    container   TEXT
 );
 
 CREATE TABLE IF NOT EXISTS endpoints (

@@ -224,3 +224,58 @@ async fn the_backlog_is_paged_by_state_in_insertion_order() {
     assert_eq!(again.len(), 5);
     close(store, writer);
 }
+
+#[tokio::test]
+async fn a_database_from_before_containers_is_migrated_and_containers_are_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    // The functions table as services before containers made it, with one function.
+    {
+        let conn = rusqlite::Connection::open(schema::db_path(dir.path())).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE functions (id TEXT PRIMARY KEY, owner TEXT NOT NULL, name TEXT NOT NULL,
+                 source TEXT NOT NULL, description TEXT, hash TEXT NOT NULL,
+                 created_at INTEGER NOT NULL);",
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO functions VALUES (?1, 'alice', 'old', 'def old(): pass', NULL, 'h', 1)",
+            [FunctionId::new().to_string()],
+        )
+        .unwrap();
+    }
+    let (store, writer) = open(dir.path());
+    let snapshot = store.load_registry().await.unwrap();
+    assert_eq!(snapshot.functions.len(), 1);
+    assert_eq!(snapshot.functions[0].name, "old");
+    assert_eq!(snapshot.functions[0].container, None);
+
+    let container = ContainerSpec {
+        runtime: "bwrap".into(),
+        image: "/images/sci".into(),
+        options: Some("--ro-bind /data /data".into()),
+    };
+    store
+        .create_function(FunctionRow {
+            id: FunctionId::new(),
+            owner: "alice".into(),
+            name: "boxed".into(),
+            source: "def boxed(): pass".into(),
+            description: None,
+            hash: "h2".into(),
+            container: Some(container.clone()),
+            created_at: 2,
+        })
+        .await
+        .unwrap();
+    close(store, writer);
+
+    let (store, writer) = open(dir.path());
+    let snapshot = store.load_registry().await.unwrap();
+    let boxed = snapshot
+        .functions
+        .iter()
+        .find(|f| f.name == "boxed")
+        .unwrap();
+    assert_eq!(boxed.container, Some(container));
+    close(store, writer);
+}

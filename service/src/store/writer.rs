@@ -46,7 +46,8 @@ pub(crate) struct Job {
 pub(crate) enum WriteOp {
     CreateUser(UserRow),
     AddToken(TokenRow),
-    CreateFunction(FunctionRow),
+    // Boxed: functions are registered rarely, and the row would make every write larger.
+    CreateFunction(Box<FunctionRow>),
     CreateEndpoint(EndpointRow),
     InsertTasks(Vec<NewTask>),
     MarkSent {
@@ -244,8 +245,8 @@ impl Writer {
             WriteOp::CreateFunction(f) => {
                 self.conn
                     .prepare_cached(
-                        "INSERT INTO functions (id, owner, name, source, description, hash, created_at)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                        "INSERT INTO functions (id, owner, name, source, description, hash, created_at, container)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                     )?
                     .execute(params![
                         f.id.to_string(),
@@ -254,7 +255,10 @@ impl Writer {
                         f.source,
                         f.description,
                         f.hash,
-                        f.created_at
+                        f.created_at,
+                        f.container
+                            .as_ref()
+                            .map(|c| serde_json::to_string(c).expect("a container spec encodes"))
                     ])?;
             }
             WriteOp::CreateEndpoint(ep) => {

@@ -29,20 +29,16 @@ fn unknown_keys_name_their_line_and_the_valid_keys() {
         "valid keys here: period, max_idletime",
     );
     assert_error(
-        "provider:\n  type: local\n  launcher:\n    type: single_node\n    overrides: -c 4\n",
-        5,
-        "provider.launcher.overrides",
-        "unknown key; valid keys here: type",
+        "provider:\n  type: slurm\n  queue: debug\n",
+        3,
+        "provider.queue",
+        "unknown key; valid keys here: type, init_blocks, min_blocks, max_blocks,",
     );
-}
-
-#[test]
-fn container_is_not_accepted_yet() {
     assert_error(
-        "engine:\n  container: {type: apptainer, image: x.sif}\n",
-        2,
-        "engine.container",
-        "unknown key",
+        "provider:\n  type: pbs\n  partition: debug\n",
+        3,
+        "provider.partition",
+        "unknown key; valid keys here: type, init_blocks,",
     );
 }
 
@@ -97,34 +93,18 @@ fn wrong_types_name_their_line_and_key() {
 }
 
 #[test]
-fn a_provider_type_not_built_yet_is_a_clear_error() {
-    let text = "engine:\n  prefetch_capacity: 1\nprovider:\n  type: slurm\n  partition: debug\n";
+fn an_unknown_provider_type_is_a_clear_error() {
+    let supported = "local, slurm, pbs, torque, cobalt, kubernetes";
+    assert_eq!(SUPPORTED_PROVIDERS.join(", "), supported);
     assert_eq!(
-        error(text),
-        format!(
-            "{FILE}:4: provider.type: provider type `slurm` is not supported yet; supported: local"
-        )
-    );
-    for planned in ["pbs", "torque", "cobalt", "kubernetes"] {
-        let text = format!("provider:\n  type: {planned}\n");
-        assert_error(
-            &text,
-            2,
-            "provider.type",
-            &format!("provider type `{planned}` is not supported yet"),
-        );
-    }
-    assert_error(
-        "provider:\n  type: condor\n",
-        2,
-        "provider.type",
-        "unknown provider type `condor`; supported: local",
+        error("engine:\n  prefetch_capacity: 1\nprovider:\n  type: condor\n  pool: x\n"),
+        format!("{FILE}:4: provider.type: unknown provider type `condor`; supported: {supported}")
     );
     assert_error(
         "provider:\n  max_blocks: 2\n",
         1,
         "provider.type",
-        "missing; supported: local",
+        &format!("missing; supported: {supported}"),
     );
     assert_error(
         "provider:\n  type: 3\n",
@@ -135,24 +115,49 @@ fn a_provider_type_not_built_yet_is_a_clear_error() {
 }
 
 #[test]
-fn launchers_other_than_single_node_are_refused() {
+fn launchers_are_checked_against_the_provider_and_the_block() {
     assert_error(
         "provider:\n  type: local\n  launcher: {type: srun, overrides: -c 4}\n",
         3,
         "provider.launcher.type",
-        "launcher type `srun` is not supported yet; supported: single_node",
+        "the local provider runs one manager on this machine; the launcher must be single_node",
     );
     assert_error(
-        "provider:\n  type: local\n  launcher:\n    type: ssh\n",
+        "provider:\n  type: slurm\n  launcher:\n    type: ssh\n",
         4,
         "provider.launcher.type",
-        "unknown value `ssh`; valid values: single_node",
+        "unknown value `ssh`; valid values: single_node, srun, mpiexec, aprun, jsrun",
     );
     assert_error(
         "provider:\n  type: local\n  launcher: {}\n",
         3,
         "provider.launcher.type",
         "missing key",
+    );
+    assert_error(
+        "provider:\n  type: slurm\n  launcher:\n    type: srun\n    bind: x\n",
+        5,
+        "provider.launcher.bind",
+        "unknown key; valid keys here: type, overrides",
+    );
+    assert_error(
+        "provider:\n  type: local\n  launcher:\n    type: single_node\n    overrides: -c 4\n",
+        5,
+        "provider.launcher.overrides",
+        "the single_node launcher runs the manager command as it is and takes no overrides",
+    );
+    // One manager for several nodes would leave all but the first idle.
+    assert_error(
+        "provider:\n  type: slurm\n  nodes_per_block: 4\n  launcher: {type: single_node}\n",
+        4,
+        "provider.launcher.type",
+        "single_node starts one manager, on the first of the block's 4 nodes; use srun",
+    );
+    assert_error(
+        "provider:\n  type: torque\n  nodes_per_block: 2\n",
+        3,
+        "provider.nodes_per_block",
+        "single_node starts one manager",
     );
 }
 
