@@ -11,8 +11,8 @@ use scifaas_protocol::interchange::{InterchangeMessage, ManagerMessage, Registra
 use scifaas_protocol::link::ManagerStatus;
 use scifaas_protocol::time::{now_micros, Micros};
 use scifaas_protocol::{
-    decode, encode, Actor, ErrorKind, TaskError, TaskId, TaskResult, TaskSpec, TaskState,
-    Transition, PROTOCOL_VERSION,
+    decode, encode, Actor, ContainerSpec, ErrorKind, TaskError, TaskId, TaskResult, TaskSpec,
+    TaskState, Transition, PROTOCOL_VERSION,
 };
 use std::collections::{HashMap, VecDeque};
 use std::sync::{mpsc, Mutex};
@@ -200,9 +200,28 @@ struct Manager {
     last_heard: Instant,
     last_sent: Instant,
     draining: bool,
+    /// Containers of the tasks last sent to this manager, newest last, at most one per
+    /// worker: the containers it most likely has warm workers for.
+    warm: VecDeque<ContainerSpec>,
 }
 
 impl Manager {
+    fn has_warm(&self, container: &ContainerSpec) -> bool {
+        self.warm.iter().any(|c| c == container)
+    }
+
+    fn note_sent(&mut self, spec: &TaskSpec) {
+        if let Some(container) = &spec.function.container {
+            if let Some(at) = self.warm.iter().position(|c| c == container) {
+                self.warm.remove(at);
+            }
+            self.warm.push_back(container.clone());
+            while self.warm.len() > self.registration.workers.max(1) as usize {
+                self.warm.pop_front();
+            }
+        }
+    }
+
     fn free_capacity(&self, prefetch: u32) -> usize {
         if self.draining {
             return 0;
@@ -389,6 +408,7 @@ impl Interchange {
                 last_heard: Instant::now(),
                 last_sent: Instant::now(),
                 draining: false,
+                warm: VecDeque::new(),
             },
         );
     }
@@ -455,23 +475,85 @@ impl Interchange {
             .map(|(id, m)| (m.free_capacity(prefetch), id.clone()))
             .filter(|(free, _)| *free > 0)
             .collect();
-        // Most free capacity first, so a burst spreads over idle managers.
-        order.sort_unstable_by_key(|entry| std::cmp::Reverse(entry.0));
+        if order.is_empty() {
+            return;
+        }
         let now = now_micros();
+        let mut batches: HashMap<Vec<u8>, Vec<TaskSpec>> = HashMap::new();
+        self.dispatch_to_warm(&mut order, &mut batches, now);
+        // Then in queue order, most free capacity first, so a burst spreads over idle
+        // managers.
+        order.sort_unstable_by_key(|entry| std::cmp::Reverse(entry.0));
         for (free, identity) in order {
             if self.queue.is_empty() {
                 break;
             }
+            if free == 0 {
+                continue;
+            }
             let manager = self.managers.get_mut(&identity).expect("present");
             let batch = take_fitting(&mut self.queue, free, manager, now);
+            batches.entry(identity).or_default().extend(batch);
+        }
+        for (identity, batch) in batches {
             if batch.is_empty() {
                 continue;
+            }
+            let manager = self.managers.get_mut(&identity).expect("present");
+            for spec in &batch {
+                manager.note_sent(spec);
             }
             manager.last_sent = Instant::now();
             let frame = encode(&InterchangeMessage::Tasks { tasks: batch });
             if let Err(err) = self.router.send_multipart([&identity[..], &frame[..]], 0) {
                 tracing::warn!("sending tasks to a manager failed: {err}");
             }
+        }
+    }
+
+    /// Sends queued tasks that name a container to a manager with free capacity that
+    /// likely has a warm worker for it, so a warm call does not pay a container start
+    /// (or a switch) elsewhere. Scans only as far into the queue as there is capacity.
+    fn dispatch_to_warm(
+        &mut self,
+        order: &mut [(usize, Vec<u8>)],
+        batches: &mut HashMap<Vec<u8>, Vec<TaskSpec>>,
+        now: Micros,
+    ) {
+        let mut free_total: usize = order.iter().map(|(free, _)| free).sum();
+        let mut at = 0;
+        let mut scanned = 0;
+        while at < self.queue.len() && free_total > 0 && scanned < 4 * free_total.max(16) {
+            scanned += 1;
+            let Some(container) = self.queue[at].0.function.container.as_ref() else {
+                at += 1;
+                continue;
+            };
+            let walltime_ms = self.queue[at].0.walltime_ms;
+            let target = order.iter_mut().find(|(free, identity)| {
+                *free > 0
+                    && self.managers.get(identity).is_some_and(|m| {
+                        m.has_warm(container)
+                            && fits(m.registration.accepts_until, walltime_ms, now)
+                    })
+            });
+            let Some((free, identity)) = target else {
+                at += 1;
+                continue;
+            };
+            let (spec, accepted_at) = self.queue.remove(at).expect("in range");
+            *free -= 1;
+            free_total -= 1;
+            let manager = self.managers.get_mut(identity).expect("present");
+            manager.outstanding.insert(
+                spec.task_id,
+                Dispatched {
+                    spec: spec.clone(),
+                    accepted_at,
+                    dispatched_at: now,
+                },
+            );
+            batches.entry(identity.clone()).or_default().push(spec);
         }
     }
 
@@ -596,11 +678,8 @@ fn take_fitting(
     now: Micros,
 ) -> Vec<TaskSpec> {
     let mut batch = Vec::with_capacity(free.min(queue.len()));
-    let fits = |spec: &TaskSpec| match (manager.registration.accepts_until, spec.walltime_ms) {
-        (Some(until), Some(walltime_ms)) => now + (walltime_ms as i64) * 1000 <= until,
-        (Some(until), None) => now < until,
-        (None, _) => true,
-    };
+    let until = manager.registration.accepts_until;
+    let fits = |spec: &TaskSpec| fits(until, spec.walltime_ms, now);
     let mut skipped = VecDeque::new();
     while batch.len() < free {
         let Some((spec, accepted_at)) = queue.pop_front() else {
@@ -628,6 +707,16 @@ fn take_fitting(
         queue.push_front(entry);
     }
     batch
+}
+
+/// Whether a task of `walltime_ms` started `now` ends before `until`, when the manager
+/// stops taking work.
+fn fits(until: Option<Micros>, walltime_ms: Option<u64>, now: Micros) -> bool {
+    match (until, walltime_ms) {
+        (Some(until), Some(walltime_ms)) => now + (walltime_ms as i64) * 1000 <= until,
+        (Some(until), None) => now < until,
+        (None, _) => true,
+    }
 }
 
 /// Stamps the agent's and the interchange's transitions before the manager's.

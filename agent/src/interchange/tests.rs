@@ -218,3 +218,55 @@ fn tasks_that_cannot_finish_before_the_pilot_ends_are_not_sent_to_it() {
     );
     interchange.shutdown();
 }
+
+#[test]
+fn a_task_goes_to_the_manager_with_a_warm_worker_for_its_container() {
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let interchange = start(config(), tx).unwrap();
+    let first = TestManager::connect(&interchange.url, "s3cret", 1, None);
+    assert!(matches!(
+        first.recv(),
+        InterchangeMessage::Registered { .. }
+    ));
+    let in_container = |image: &str| {
+        let mut t = task(None);
+        t.function.container = Some(ContainerSpec {
+            runtime: "bwrap".into(),
+            image: image.into(),
+            options: None,
+        });
+        t
+    };
+    // The first manager warms image `a`.
+    interchange.submit(vec![in_container("/img/a")], now_micros());
+    let InterchangeMessage::Tasks { tasks } = first.recv() else {
+        panic!("expected tasks")
+    };
+    let done = |t: &TaskSpec| ManagerMessage::Results {
+        results: vec![TaskResult {
+            task_id: t.task_id,
+            outcome: Outcome::Success(Bytes::from_static(b"1")),
+            stdout: String::new(),
+            stderr: String::new(),
+            transitions: vec![],
+            timing: ResultTiming::default(),
+        }],
+    };
+    first.send(&done(&tasks[0]));
+    // A second manager with more free capacity arrives; both are idle now.
+    let second = TestManager::connect(&interchange.url, "s3cret", 4, None);
+    assert!(matches!(
+        second.recv(),
+        InterchangeMessage::Registered { .. }
+    ));
+    std::thread::sleep(Duration::from_millis(100));
+    interchange.submit(vec![in_container("/img/a")], now_micros());
+    let InterchangeMessage::Tasks { tasks } = first.recv() else {
+        panic!("expected the warm manager to get the task")
+    };
+    assert_eq!(tasks.len(), 1);
+    // A task for an image nobody has warm goes by capacity: to the second manager.
+    interchange.submit(vec![in_container("/img/b")], now_micros());
+    assert!(matches!(second.recv(), InterchangeMessage::Tasks { .. }));
+    interchange.shutdown();
+}
