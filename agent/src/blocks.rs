@@ -151,6 +151,11 @@ impl Blocks {
             .sum()
     }
 
+    /// Whether any block is queued or running (and not draining).
+    pub fn has_active(&self) -> bool {
+        self.active().next().is_some()
+    }
+
     /// Submits the configured initial blocks.
     pub fn start(&mut self) {
         let n = self.policy.init_blocks.max(self.policy.min_blocks);

@@ -203,6 +203,11 @@ impl Agent {
                         tracing::warn!("link error: {err:#}");
                         return Ok(Stop::Disconnected);
                     }
+                    // Work arriving at an endpoint with no block need not wait for the
+                    // next strategy period.
+                    if self.journal.pending() > 0 && !blocks.has_active() {
+                        self.strategy_round(blocks);
+                    }
                 }
                 Some(event) = events.recv() => {
                     let mut batch = vec![event];
@@ -392,7 +397,8 @@ impl Agent {
     }
 
     fn strategy_round(&mut self, blocks: &mut Blocks) {
-        let outstanding = (self.status.queued + self.status.dispatched) as u64;
+        // The journal counts accepted work at once; the interchange's snapshot lags.
+        let outstanding = self.journal.pending() as u64;
         let managers = &self.status.managers;
         // Provider calls may run scheduler commands for seconds.
         let actions = tokio::task::block_in_place(|| blocks.strategy_round(outstanding, managers));

@@ -51,6 +51,8 @@ pub struct Journal {
     file: File,
     len: u64,
     live: HashMap<TaskId, Entry>,
+    /// How many of `live` are `Pending`.
+    pending: usize,
     /// Whether appending tasks waits for the disk (fdatasync) before returning.
     sync: bool,
 }
@@ -131,6 +133,7 @@ impl Journal {
                 path: path.to_owned(),
                 file,
                 len,
+                pending: recovered.pending.len(),
                 live,
                 sync,
             },
@@ -152,6 +155,11 @@ impl Journal {
         self.live.len()
     }
 
+    /// Number of tasks accepted and not finished: the work the endpoint holds.
+    pub fn pending(&self) -> usize {
+        self.pending
+    }
+
     /// Appends newly accepted tasks (the caller filters out ones already live) and, when
     /// the journal syncs, waits for the disk: after this returns the agent may ack them.
     pub fn append_tasks(&mut self, tasks: &[TaskSpec]) -> io::Result<()> {
@@ -161,7 +169,9 @@ impl Journal {
         let mut buf = Vec::new();
         for task in tasks {
             buf.extend_from_slice(&frame(&Record::Task(task.clone())));
-            self.live.insert(task.task_id, Entry::Pending);
+            if self.live.insert(task.task_id, Entry::Pending) != Some(Entry::Pending) {
+                self.pending += 1;
+            }
         }
         self.write(&buf)?;
         if self.sync {
@@ -178,6 +188,7 @@ impl Journal {
             if self.live.get(&result.task_id) == Some(&Entry::Pending) {
                 buf.extend_from_slice(&frame(&Record::Result(result.clone())));
                 self.live.insert(result.task_id, Entry::Finished);
+                self.pending -= 1;
             }
         }
         self.write(&buf)
@@ -187,7 +198,14 @@ impl Journal {
     pub fn mark_stored(&mut self, ids: &[TaskId]) -> io::Result<()> {
         let ids: Vec<TaskId> = ids
             .iter()
-            .filter(|id| self.live.remove(id).is_some())
+            .filter(|id| match self.live.remove(id) {
+                Some(Entry::Pending) => {
+                    self.pending -= 1;
+                    true
+                }
+                Some(Entry::Finished) => true,
+                None => false,
+            })
             .copied()
             .collect();
         if ids.is_empty() {
@@ -299,6 +317,7 @@ mod tests {
         assert_eq!(journal.entry(&a.task_id), Some(Entry::Pending));
         assert_eq!(journal.entry(&b.task_id), Some(Entry::Finished));
         assert_eq!(journal.entry(&c.task_id), None);
+        assert_eq!(journal.pending(), 1);
     }
 
     #[test]
