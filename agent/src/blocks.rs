@@ -12,10 +12,20 @@
 //! (their managers finish and exit, which ends the pilot). A block with a task on it is
 //! never cancelled. Submission failures back off, then pause provisioning until an
 //! admin resumes it.
+//!
+//! A block spans `nodes_per_block` nodes, one manager each, and is bookkept per node: the
+//! managers it has (each with the node name and job id it reported), and the nodes it
+//! lost. A block whose nodes are not all up counts the slots of the managers that
+//! registered, not of those it asked for. A manager that goes silent (a dead node) makes
+//! its block half-dead: the scheduler will end the whole job once it notices the node,
+//! killing whatever runs on the others. So the block stops counting as capacity (a
+//! replacement is submitted when there is work), its surviving managers are drained
+//! (they finish their tasks and take no more), and the job is cancelled once they are
+//! gone, never under a running task.
 
-use scifaas_protocol::link::{BlockStatus, ManagerStatus};
+use scifaas_protocol::link::{BlockNode, BlockStatus, ManagerStatus};
 use scifaas_providers::{BlockRequest, JobId, JobState, Provider};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 /// The knobs of scaling; from the endpoint config.
@@ -69,16 +79,60 @@ fn submit_backoff(failures: u32) -> Duration {
     }
 }
 
+/// One manager of a block, as it reported itself at registration.
+#[derive(Clone, Debug)]
+struct NodeManager {
+    manager_id: String,
+    /// The node's name (`SLURMD_NODENAME` under Slurm, else the host name).
+    host: String,
+    /// The batch job the manager says it runs in.
+    job_id: Option<String>,
+}
+
 /// One pilot job.
 #[derive(Debug)]
 struct Block {
     job_id: JobId,
     state: JobState,
-    /// Managers registered and not gone.
-    managers: HashSet<String>,
+    /// Managers registered and not gone, by manager id.
+    managers: BTreeMap<String, NodeManager>,
+    /// Managers that went silent (their node died), oldest first; kept for the status.
+    lost: Vec<NodeManager>,
     /// Whether any manager ever registered (a block whose managers all left is over).
     ever_registered: bool,
+    /// The agent is ending this block: it takes no work and is no capacity.
     draining: bool,
+    /// The agent asked the scheduler to cancel the job.
+    cancel_requested: bool,
+    /// Why the agent is ending the block, when it is not scale-in.
+    message: Option<String>,
+}
+
+impl Block {
+    fn new(job_id: JobId) -> Self {
+        Self {
+            job_id,
+            state: JobState::Pending,
+            managers: BTreeMap::new(),
+            lost: Vec::new(),
+            ever_registered: false,
+            draining: false,
+            cancel_requested: false,
+            message: None,
+        }
+    }
+
+    /// Whether the block still counts: its job not ended, the agent not ending it, and
+    /// not every manager it had gone.
+    fn is_active(&self) -> bool {
+        let all_left = self.ever_registered && self.managers.is_empty();
+        !(self.state.is_terminal() || self.draining || all_left)
+    }
+
+    /// A drained block whose managers are all gone, and whose job is still there.
+    fn awaits_cancel(&self) -> bool {
+        self.draining && self.managers.is_empty() && !self.state.is_terminal()
+    }
 }
 
 /// What the agent must tell the interchange after a strategy round.
@@ -129,21 +183,31 @@ impl Blocks {
         }
     }
 
-    /// Blocks that count towards capacity: not ended, not draining.
+    /// Blocks that count towards capacity: not ended, not being ended.
     fn active(&self) -> impl Iterator<Item = &Block> {
-        self.blocks
-            .values()
-            .filter(|b| !b.state.is_terminal() && !b.draining)
+        self.blocks.values().filter(|b| b.is_active())
     }
 
     /// Worker slots of the active blocks. A block whose managers have registered counts
-    /// what they registered; a queued block counts what it will bring.
-    fn slots(&self) -> u64 {
+    /// those of its managers that take work (`managers` is the interchange's view, which
+    /// knows who drains ahead of its walltime), not the nodes it asked for; a queued block
+    /// counts what it will bring.
+    fn slots(&self, managers: &[ManagerStatus]) -> u64 {
         let per_node = u64::from(self.policy.workers_per_node.max(1));
+        let draining: HashSet<&str> = managers
+            .iter()
+            .filter(|m| m.draining)
+            .map(|m| m.manager_id.as_str())
+            .collect();
         self.active()
             .map(|b| {
                 if b.ever_registered {
-                    b.managers.len() as u64 * per_node
+                    let taking_work = b
+                        .managers
+                        .keys()
+                        .filter(|id| !draining.contains(id.as_str()))
+                        .count();
+                    taking_work as u64 * per_node
                 } else {
                     self.policy.slots_per_block()
                 }
@@ -196,16 +260,7 @@ impl Blocks {
         self.submit_failures = 0;
         self.next_submit_at = None;
         self.submit_error = None;
-        self.blocks.insert(
-            block_id,
-            Block {
-                job_id,
-                state: JobState::Pending,
-                managers: HashSet::new(),
-                ever_registered: false,
-                draining: false,
-            },
-        );
+        self.blocks.insert(block_id, Block::new(job_id));
     }
 
     fn on_submission_failed(&mut self, block_id: &str, error: String) {
@@ -234,22 +289,78 @@ impl Blocks {
         self.next_submit_at = None;
     }
 
-    pub fn on_manager_registered(&mut self, block_id: &str, manager_id: &str) {
-        if let Some(block) = self.blocks.get_mut(block_id) {
-            block.managers.insert(manager_id.to_owned());
-            block.ever_registered = true;
-            if matches!(
-                block.state,
-                JobState::Pending | JobState::Unknown | JobState::Held
-            ) {
-                block.state = JobState::Running;
-            }
+    /// A manager of `block_id` registered from node `host`, in batch job `job_id`. A
+    /// manager that joins a block the agent is ending is drained at once.
+    pub fn on_manager_registered(
+        &mut self,
+        block_id: &str,
+        manager_id: &str,
+        host: &str,
+        job_id: Option<&str>,
+    ) -> Vec<BlockAction> {
+        let Some(block) = self.blocks.get_mut(block_id) else {
+            tracing::warn!(%block_id, %manager_id, %host, "a manager registered for a block this agent did not start");
+            return Vec::new();
+        };
+        if job_id.is_some_and(|j| j != block.job_id.0) {
+            tracing::warn!(%block_id, %manager_id, %host, job_id = ?job_id, block_job = %block.job_id, "the manager runs in another job than its block's");
+        }
+        block.managers.insert(
+            manager_id.to_owned(),
+            NodeManager {
+                manager_id: manager_id.to_owned(),
+                host: host.to_owned(),
+                job_id: job_id.map(str::to_owned),
+            },
+        );
+        block.ever_registered = true;
+        if matches!(
+            block.state,
+            JobState::Pending | JobState::Unknown | JobState::Held
+        ) {
+            block.state = JobState::Running;
+        }
+        if block.draining {
+            vec![BlockAction::Drain(block_id.to_owned())]
+        } else {
+            Vec::new()
         }
     }
 
-    pub fn on_manager_gone(&mut self, block_id: &str, manager_id: &str) {
-        if let Some(block) = self.blocks.get_mut(block_id) {
-            block.managers.remove(manager_id);
+    /// A manager of `block_id` left: said goodbye (`clean`), or went silent past the
+    /// heartbeat threshold. A silent one takes its node with it: the block is ended
+    /// without killing a task on its other nodes (see the module doc).
+    pub fn on_manager_gone(
+        &mut self,
+        block_id: &str,
+        manager_id: &str,
+        clean: bool,
+    ) -> Vec<BlockAction> {
+        let Some(block) = self.blocks.get_mut(block_id) else {
+            return Vec::new();
+        };
+        let Some(manager) = block.managers.remove(manager_id) else {
+            return Vec::new();
+        };
+        if clean {
+            return Vec::new();
+        }
+        let host = manager.host.clone();
+        block.lost.push(manager);
+        if block.state.is_terminal() || block.draining {
+            return Vec::new();
+        }
+        let message = format!(
+            "node {host} lost (its manager {manager_id} went silent): draining the block's other nodes, then cancelling it"
+        );
+        tracing::warn!(%block_id, job_id = %block.job_id, "{message}");
+        block.draining = true;
+        block.message = Some(message);
+        if block.managers.is_empty() {
+            // Nothing to drain: the next strategy round cancels the job.
+            Vec::new()
+        } else {
+            vec![BlockAction::Drain(block_id.to_owned())]
         }
     }
 
@@ -267,8 +378,11 @@ impl Blocks {
         if due {
             self.poll(&mut actions);
         }
+        self.cancel_drained();
         let active = self.active().count() as u32;
-        let add = self.policy.blocks_to_add(outstanding, active, self.slots());
+        let add = self
+            .policy
+            .blocks_to_add(outstanding, active, self.slots(managers));
         for _ in 0..add {
             if !self.submit_one() {
                 break;
@@ -299,9 +413,10 @@ impl Blocks {
             if excess == 0 {
                 break;
             }
-            if !block.state.is_terminal() && !block.draining && !block.ever_registered {
+            if block.is_active() && !block.ever_registered {
                 cancel.push(block.job_id.clone());
                 block.draining = true;
+                block.cancel_requested = true;
                 excess -= 1;
             }
         }
@@ -309,10 +424,7 @@ impl Blocks {
             if excess == 0 {
                 break;
             }
-            if !block.state.is_terminal()
-                && !block.draining
-                && !busy_blocks.contains(block_id.as_str())
-            {
+            if block.is_active() && !busy_blocks.contains(block_id.as_str()) {
                 block.draining = true;
                 actions.push(BlockAction::Drain(block_id.clone()));
                 excess -= 1;
@@ -325,9 +437,28 @@ impl Blocks {
         }
     }
 
+    /// Cancels, in one call, the drained blocks whose managers are all gone and whose
+    /// job is still there (a half-dead block's survivors finished, a drained manager
+    /// exited but its job lingers), once each; the poll repeats it for one that lingers.
+    fn cancel_drained(&mut self) {
+        let mut jobs = Vec::new();
+        for (block_id, block) in &mut self.blocks {
+            if block.awaits_cancel() && !block.cancel_requested {
+                tracing::info!(%block_id, job_id = %block.job_id, "drained: cancelling the block's job");
+                block.cancel_requested = true;
+                jobs.push(block.job_id.clone());
+            }
+        }
+        if !jobs.is_empty() {
+            if let Err(err) = self.provider.cancel(&jobs) {
+                tracing::warn!("cancelling drained blocks failed: {err}");
+            }
+        }
+    }
+
     /// Refreshes block states with one provider call. A block whose job ended while it
     /// still had managers has lost them; a drained block whose managers all left but
-    /// whose job lingers is cancelled; ended blocks are forgotten.
+    /// whose job lingers is cancelled (again); ended blocks are forgotten.
     fn poll(&mut self, actions: &mut Vec<BlockAction>) {
         self.last_poll = Some(Instant::now());
         let jobs: Vec<JobId> = self.blocks.values().map(|b| b.job_id.clone()).collect();
@@ -352,10 +483,15 @@ impl Blocks {
                 block.state = status.state;
             }
             if block.state.is_terminal() && !block.managers.is_empty() {
-                let mut reason = format!(
-                    "pilot lost: block {block_id} (job {}) ended {}",
-                    block.job_id, block.state
-                );
+                // The end of its walltime is a pilot's normal end; its tasks are lost
+                // all the same (retried or failed).
+                let how = if block.state == JobState::Timeout {
+                    "reached its walltime".to_owned()
+                } else {
+                    format!("ended {}", block.state)
+                };
+                let mut reason =
+                    format!("pilot lost: block {block_id} (job {}) {how}", block.job_id);
                 if let Some(message) = &status.message {
                     reason.push_str(&format!(" ({message})"));
                 }
@@ -365,11 +501,7 @@ impl Blocks {
                 });
                 block.managers.clear();
             }
-            if block.draining
-                && block.ever_registered
-                && block.managers.is_empty()
-                && !block.state.is_terminal()
-            {
+            if block.awaits_cancel() && block.cancel_requested {
                 linger.push(block.job_id.clone());
             }
         }
@@ -397,18 +529,40 @@ impl Blocks {
         self.blocks.clear();
     }
 
-    pub fn statuses(&self) -> Vec<BlockStatus> {
+    /// Every block with its nodes: the managers it has (their workers from `managers`,
+    /// the interchange's view), then the nodes it lost.
+    pub fn statuses(&self, managers: &[ManagerStatus]) -> Vec<BlockStatus> {
+        let live: HashMap<&str, &ManagerStatus> = managers
+            .iter()
+            .map(|m| (m.manager_id.as_str(), m))
+            .collect();
         self.blocks
             .iter()
-            .map(|(block_id, b)| BlockStatus {
-                block_id: block_id.clone(),
-                job_id: b.job_id.to_string(),
-                state: if b.draining && !b.state.is_terminal() {
-                    "draining".to_owned()
-                } else {
-                    b.state.to_string()
-                },
-                managers: b.managers.len() as u32,
+            .map(|(block_id, b)| {
+                let mut nodes: Vec<BlockNode> = b
+                    .managers
+                    .values()
+                    .map(|m| {
+                        let status = live.get(m.manager_id.as_str());
+                        let draining = b.draining || status.is_some_and(|s| s.draining);
+                        node_view(m, if draining { "draining" } else { "up" }, status)
+                    })
+                    .collect();
+                nodes.sort_by(|x, y| x.host.cmp(&y.host));
+                nodes.extend(b.lost.iter().map(|m| node_view(m, "lost", None)));
+                BlockStatus {
+                    block_id: block_id.clone(),
+                    job_id: b.job_id.to_string(),
+                    state: if b.draining && !b.state.is_terminal() {
+                        "draining".to_owned()
+                    } else {
+                        b.state.to_string()
+                    },
+                    managers: b.managers.len() as u32,
+                    requested_nodes: self.policy.nodes_per_block.max(1),
+                    nodes,
+                    message: b.message.clone(),
+                }
             })
             .collect()
     }
@@ -419,6 +573,19 @@ impl Blocks {
 
     pub fn submit_error(&self) -> Option<&str> {
         self.submit_error.as_deref()
+    }
+}
+
+/// One node of a block for the status; workers come from the interchange's view.
+fn node_view(manager: &NodeManager, state: &str, status: Option<&&ManagerStatus>) -> BlockNode {
+    BlockNode {
+        host: manager.host.clone(),
+        manager_id: manager.manager_id.clone(),
+        job_id: manager.job_id.clone(),
+        state: state.to_owned(),
+        workers: status.map_or(0, |s| s.workers),
+        busy_workers: status.map_or(0, |s| s.busy_workers),
+        idle_workers: status.map_or(0, |s| s.idle_workers),
     }
 }
 

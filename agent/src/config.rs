@@ -69,6 +69,10 @@ pub struct EndpointConfig {
     pub display_name: Option<String>,
     /// The service the agent connects to (default [`DEFAULT_SERVICE_URL`]).
     pub service_url: String,
+    /// For an `https://` service whose certificate no public authority signed: the PEM
+    /// file of the authority (or the certificate itself) to trust. Default: the public
+    /// web PKI roots built into scifaas.
+    pub service_ca: Option<PathBuf>,
     /// How tasks are run: workers, heartbeats, the interchange's address.
     pub engine: EngineConfig,
     /// Where blocks come from.
@@ -469,6 +473,7 @@ impl Default for StrategyConfig {
 struct RawConfig<P> {
     display_name: Option<String>,
     service_url: String,
+    service_ca: Option<PathBuf>,
     engine: EngineConfig,
     provider: Tagged<P>,
     strategy: StrategyConfig,
@@ -479,6 +484,7 @@ impl<P: Default> Default for RawConfig<P> {
         Self {
             display_name: None,
             service_url: DEFAULT_SERVICE_URL.to_owned(),
+            service_ca: None,
             engine: EngineConfig::default(),
             provider: Tagged(P::default()),
             strategy: StrategyConfig::default(),
@@ -491,6 +497,7 @@ impl<P> RawConfig<P> {
         EndpointConfig {
             display_name: self.display_name,
             service_url: self.service_url,
+            service_ca: self.service_ca,
             engine: self.engine,
             provider: provider(self.provider.0),
             strategy: self.strategy,

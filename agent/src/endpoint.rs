@@ -21,6 +21,8 @@ pub struct AgentSettings {
     /// Where the journal and the blocks' scripts and logs live.
     pub state_dir: PathBuf,
     pub service_url: String,
+    /// PEM file of the authority to trust for an `https://` service.
+    pub service_ca: Option<PathBuf>,
     pub agent_token: String,
     pub interchange: InterchangeConfig,
     pub scaling: ScalingPolicy,
@@ -115,7 +117,11 @@ pub async fn run(
     let mut events_rx = events_rx;
     let mut backoff = RECONNECT_MIN;
     let outcome = loop {
-        let connect = Link::connect(&settings.service_url, &settings.agent_token);
+        let connect = Link::connect(
+            &settings.service_url,
+            &settings.agent_token,
+            settings.service_ca.as_deref(),
+        );
         let link = tokio::select! {
             _ = &mut shutdown => break Ok(()),
             link = connect => link,
@@ -294,7 +300,13 @@ impl Agent {
                         }
                     }
                 }
-                tokio::task::block_in_place(|| self.journal.append_tasks(&fresh))?;
+                // A `write(2)` is quick; only waiting for the disk is worth handing this
+                // thread's other tasks to another thread.
+                if self.journal.syncs() {
+                    tokio::task::block_in_place(|| self.journal.append_tasks(&fresh))?;
+                } else {
+                    self.journal.append_tasks(&fresh)?;
+                }
                 self.interchange.submit(fresh, now_micros());
                 link.send(&AgentMessage::TasksAccepted { task_ids }).await?;
                 if !resend.is_empty() {
@@ -375,13 +387,27 @@ impl Agent {
                 InterchangeEvent::ManagerRegistered {
                     block_id,
                     manager_id,
-                    ..
-                } => blocks.on_manager_registered(&block_id, &manager_id),
+                    host,
+                    job_id,
+                } => {
+                    let actions = blocks.on_manager_registered(
+                        &block_id,
+                        &manager_id,
+                        &host,
+                        job_id.as_deref(),
+                    );
+                    self.apply(actions);
+                }
                 InterchangeEvent::ManagerGone {
                     block_id,
                     manager_id,
-                    ..
-                } => blocks.on_manager_gone(&block_id, &manager_id),
+                    clean,
+                } => {
+                    // A lost node drains its block's other nodes at once, not at the
+                    // next strategy round.
+                    let actions = blocks.on_manager_gone(&block_id, &manager_id, clean);
+                    self.apply(actions);
+                }
                 InterchangeEvent::Status(status) => self.status = status,
             }
         }
@@ -402,10 +428,15 @@ impl Agent {
         let managers = &self.status.managers;
         // Provider calls may run scheduler commands for seconds.
         let actions = tokio::task::block_in_place(|| blocks.strategy_round(outstanding, managers));
+        self.apply(actions);
+    }
+
+    /// Tells the interchange what the blocks decided.
+    fn apply(&self, actions: Vec<BlockAction>) {
         for action in actions {
             match action {
                 BlockAction::Drain(block_id) => {
-                    tracing::info!(%block_id, "idle: draining block");
+                    tracing::info!(%block_id, "draining block");
                     self.interchange.drain_block(&block_id);
                 }
                 BlockAction::Lost { block_id, reason } => {
@@ -420,7 +451,7 @@ impl Agent {
         EndpointStatus {
             outstanding_tasks: (self.status.queued + self.status.dispatched) as u64,
             managers: self.status.managers.clone(),
-            blocks: blocks.statuses(),
+            blocks: blocks.statuses(&self.status.managers),
             paused: blocks.paused().map(str::to_owned),
             submit_error: blocks.submit_error().map(str::to_owned),
         }

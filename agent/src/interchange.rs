@@ -11,8 +11,8 @@ use scifaas_protocol::interchange::{InterchangeMessage, ManagerMessage, Registra
 use scifaas_protocol::link::ManagerStatus;
 use scifaas_protocol::time::{now_micros, Micros};
 use scifaas_protocol::{
-    decode, encode, Actor, ContainerSpec, ErrorKind, TaskError, TaskId, TaskResult, TaskSpec,
-    TaskState, Transition, PROTOCOL_VERSION,
+    decode_message, encode, encode_into, Actor, ContainerSpec, ErrorKind, TaskError, TaskId,
+    TaskResult, TaskSpec, TaskState, Transition, PROTOCOL_VERSION,
 };
 use std::collections::{HashMap, VecDeque};
 use std::sync::{mpsc, Mutex};
@@ -53,6 +53,8 @@ pub enum InterchangeEvent {
         block_id: String,
         job_id: Option<String>,
         manager_id: String,
+        /// The manager's node, as it named it (`SLURMD_NODENAME`, else its host name).
+        host: String,
     },
     /// A manager said goodbye (`clean`) or went silent past the heartbeat threshold.
     ManagerGone {
@@ -303,7 +305,7 @@ impl Interchange {
             tracing::warn!("dropping a message with an unexpected frame count");
             return;
         }
-        let message = match decode::<ManagerMessage>(&frame) {
+        let message = match decode_message::<ManagerMessage>(&frame) {
             Ok(message) => message,
             Err(err) => {
                 tracing::warn!("dropping a malformed frame from a manager: {err}");
@@ -390,6 +392,7 @@ impl Interchange {
             block_id: registration.block_id.0.clone(),
             job_id: registration.job_id.clone(),
             manager_id: registration.manager_id.0.clone(),
+            host: registration.host.clone(),
         });
         self.send_to(
             &identity,
@@ -443,7 +446,7 @@ impl Interchange {
                         ErrorKind::ManagerLost,
                         "ManagerLost",
                         format!(
-                            "manager lost (host {}, block {}) while it held the task, after {} retries: {}",
+                            "manager lost (node {}, block {}) while it held the task, after {} retries: {}",
                             reg.host,
                             reg.block_id,
                             spec.retries,
@@ -504,8 +507,18 @@ impl Interchange {
                 manager.note_sent(spec);
             }
             manager.last_sent = Instant::now();
-            let frame = encode(&InterchangeMessage::Tasks { tasks: batch });
-            if let Err(err) = self.router.send_multipart([&identity[..], &frame[..]], 0) {
+            // Encoded into a buffer sized up front (a growing one would copy large
+            // payloads at every doubling) and handed to ZeroMQ as it is (a `Vec` becomes
+            // a message without a copy).
+            let bytes: usize = batch
+                .iter()
+                .map(|t| t.payload.len() + t.function.source.len() + 512)
+                .sum();
+            let mut frame = Vec::with_capacity(bytes + 64);
+            encode_into(&mut frame, &InterchangeMessage::Tasks { tasks: batch });
+            let frame = zmq::Message::from(frame);
+            let parts = [zmq::Message::from(&identity[..]), frame];
+            if let Err(err) = self.router.send_multipart(parts, 0) {
                 tracing::warn!("sending tasks to a manager failed: {err}");
             }
         }

@@ -4,12 +4,16 @@
 
 use anyhow::{bail, Context};
 use futures_util::{SinkExt, StreamExt};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
 use scifaas_protocol::link::{AgentMessage, ServiceMessage};
-use scifaas_protocol::{decode, encode, EndpointId, PROTOCOL_VERSION};
+use scifaas_protocol::{decode, decode_message, encode, EndpointId, PROTOCOL_VERSION};
+use std::path::Path;
+use std::sync::Arc;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 pub type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -34,8 +38,13 @@ pub fn agent_url(service_url: &str) -> anyhow::Result<String> {
 }
 
 impl Link {
-    /// Connects, says hello and waits for the welcome.
-    pub async fn connect(service_url: &str, agent_token: &str) -> anyhow::Result<Link> {
+    /// Connects, says hello and waits for the welcome. An `https://` service is reached
+    /// over TLS, trusting `ca` (a PEM file) when given, else the public web PKI roots.
+    pub async fn connect(
+        service_url: &str,
+        agent_token: &str,
+        ca: Option<&Path>,
+    ) -> anyhow::Result<Link> {
         let url = agent_url(service_url)?;
         let mut request = url
             .as_str()
@@ -47,10 +56,16 @@ impl Link {
                 .parse()
                 .context("agent token is not a valid header value")?,
         );
+        let connector = if url.starts_with("wss://") {
+            Some(Connector::Rustls(tls_client_config(ca)?))
+        } else {
+            None
+        };
         // Small frames both ways: Nagle's algorithm would add ~40 ms to each.
-        let (mut socket, _) = tokio_tungstenite::connect_async_with_config(request, None, true)
-            .await
-            .with_context(|| format!("connecting to {url}"))?;
+        let (mut socket, _) =
+            tokio_tungstenite::connect_async_tls_with_config(request, None, true, connector)
+                .await
+                .with_context(|| format!("connecting to {url}"))?;
         socket
             .send(Message::Binary(
                 encode(&AgentMessage::Hello {
@@ -95,7 +110,7 @@ impl Link {
     pub async fn recv(&mut self) -> Option<ServiceMessage> {
         loop {
             match self.socket.next().await? {
-                Ok(Message::Binary(frame)) => match decode::<ServiceMessage>(&frame) {
+                Ok(Message::Binary(frame)) => match decode_message::<ServiceMessage>(&frame) {
                     Ok(message) => return Some(message),
                     Err(err) => {
                         tracing::warn!("dropping a malformed frame from the service: {err}")
@@ -110,6 +125,37 @@ impl Link {
             }
         }
     }
+}
+
+/// The TLS client settings for the link: trust `ca` if given, else the web PKI roots.
+fn tls_client_config(ca: Option<&Path>) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca {
+        Some(path) => {
+            let certs = CertificateDer::pem_file_iter(path)
+                .with_context(|| format!("reading service_ca {}", path.display()))?
+                .collect::<Result<Vec<_>, _>>()
+                .with_context(|| format!("service_ca {} is not PEM", path.display()))?;
+            anyhow::ensure!(
+                !certs.is_empty(),
+                "no certificate in service_ca {}",
+                path.display()
+            );
+            for cert in certs {
+                roots.add(cert).with_context(|| {
+                    format!("a certificate in {} is not usable", path.display())
+                })?;
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("choosing TLS versions")?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 #[cfg(test)]

@@ -55,6 +55,7 @@ pub fn from_config(
         name: name.to_owned(),
         state_dir,
         service_url: config.service_url.clone(),
+        service_ca: config.service_ca.clone(),
         agent_token: agent_token.to_owned(),
         interchange: InterchangeConfig {
             bind_address: address,

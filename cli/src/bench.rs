@@ -4,6 +4,10 @@
 //! `shared/peers/bench_peers.py` (`BENCH_PARAMS` in, `BENCH_OUT` out), so scifaas is
 //! measured in the same run as its peers.
 
+mod hops;
+mod managers;
+mod queued;
+
 use crate::client::Api;
 use crate::demo::HELLO_WORLD;
 use crate::local_stack::LocalStack;
@@ -29,6 +33,27 @@ pub struct BenchCmd {
     /// No-op tasks for the throughput run.
     #[arg(long, default_value_t = 20000)]
     noop_n: usize,
+    /// Instead: simulate this many managers (real manager protocol, zero-work workers)
+    /// against one real interchange, and measure registration and tasks/s through it.
+    #[arg(long)]
+    simulated_managers: Option<usize>,
+    /// Workers each simulated manager advertises.
+    #[arg(long, default_value_t = 128)]
+    workers_per_manager: u32,
+    /// Tasks pushed through the interchange by `--simulated-managers`.
+    #[arg(long, default_value_t = 1_000_000)]
+    tasks: usize,
+    /// Threads the simulated managers share.
+    #[arg(long, default_value_t = 2)]
+    manager_threads: usize,
+    /// The interchange's `prefetch_capacity` for `--simulated-managers`.
+    #[arg(long, default_value_t = 0)]
+    prefetch: u32,
+    /// Instead: queue this many tasks (100-byte payloads) on an endpoint whose workers
+    /// never free up, and report the process's memory and the latency of task queries
+    /// while they wait.
+    #[arg(long)]
+    queued_tasks: Option<usize>,
 }
 
 const NOOP: &str = "def noop(x):\n    return x\n";
@@ -71,6 +96,23 @@ impl Params {
 }
 
 pub async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
+    if let Some(managers) = cmd.simulated_managers {
+        let figures = managers::run(managers::Simulation {
+            managers,
+            workers_per_manager: cmd.workers_per_manager,
+            tasks: cmd.tasks,
+            threads: cmd.manager_threads,
+            prefetch: cmd.prefetch,
+        })
+        .await?;
+        println!("{}", serde_json::to_string_pretty(&figures)?);
+        return Ok(());
+    }
+    if let Some(tasks) = cmd.queued_tasks {
+        let figures = queued::run(tasks).await?;
+        println!("{}", serde_json::to_string_pretty(&figures)?);
+        return Ok(());
+    }
     if cmd.peer_protocol {
         let out_path = std::env::var("BENCH_OUT").context("BENCH_OUT is not set")?;
         let params = Params::from_env()?;
@@ -204,6 +246,64 @@ async fn measure_all(
     Ok(())
 }
 
+/// Batch requests the throughput runs keep in flight at once.
+const SUBMIT_IN_FLIGHT: usize = 4;
+
+/// `POST /v1/tasks` bodies of at most 2000 tasks or about 8 MiB each, each built when it
+/// is asked for, so that the first request leaves before the last body is made.
+struct Batches<'a> {
+    head: String,
+    item: String,
+    rest: &'a [String],
+}
+
+impl<'a> Batches<'a> {
+    fn new(endpoint: &str, function_id: &str, args: &'a [String]) -> Self {
+        Batches {
+            head: format!("{{\"endpoint\":\"{endpoint}\",\"tasks\":["),
+            item: format!("{{\"function_id\":\"{function_id}\",\"args\":"),
+            rest: args,
+        }
+    }
+}
+
+impl Iterator for Batches<'_> {
+    type Item = Bytes;
+
+    fn next(&mut self) -> Option<Bytes> {
+        const MAX_BATCH_BYTES: usize = 8 << 20;
+        const MAX_BATCH_TASKS: usize = 2000;
+        if self.rest.is_empty() {
+            return None;
+        }
+        // As many tasks as fit, at least one.
+        let (head, item, rest) = (&self.head, &self.item, self.rest);
+        let mut n = 0;
+        let mut size = head.len() + 2;
+        while n < rest.len()
+            && n < MAX_BATCH_TASKS
+            && (n == 0 || size + item.len() + rest[n].len() + 2 <= MAX_BATCH_BYTES)
+        {
+            size += item.len() + rest[n].len() + 2;
+            n += 1;
+        }
+        let (batch, later) = rest.split_at(n);
+        let mut body = String::with_capacity(size);
+        body.push_str(head);
+        for (k, args) in batch.iter().enumerate() {
+            if k > 0 {
+                body.push(',');
+            }
+            body.push_str(item);
+            body.push_str(args);
+            body.push('}');
+        }
+        body.push_str("]}");
+        self.rest = later;
+        Some(Bytes::from(body))
+    }
+}
+
 /// Submits one task per element of `args` (each a JSON array of arguments) through the
 /// batch API, and collects every result through the results stream.
 async fn throughput(
@@ -220,75 +320,72 @@ async fn throughput(
     let t0 = Instant::now();
     let deadline = t0 + budget;
 
-    // Submit in batches, concurrently with collecting.
-    let submitter = {
-        let api = api.clone();
-        let endpoint = endpoint.to_owned();
-        let function_id = function_id.to_owned();
-        let args = args.to_vec();
-        tokio::spawn(async move {
-            let mut ids = Vec::with_capacity(args.len());
-            let batch_bytes_limit = 8 << 20;
-            let mut i = 0;
-            while i < args.len() {
-                let mut body = format!("{{\"endpoint\":\"{endpoint}\",\"tasks\":[");
-                let first = i;
-                while i < args.len()
-                    && (i == first || (body.len() < batch_bytes_limit && i - first < 2000))
-                {
-                    if i > first {
-                        body.push(',');
-                    }
-                    body.push_str(&format!("{{\"function_id\":\"{function_id}\",\"args\":"));
-                    body.push_str(&args[i]);
-                    body.push('}');
-                    i += 1;
-                }
-                body.push_str("]}");
-                let (status, _, answer) = api
-                    .send(reqwest::Method::POST, "/v1/tasks", Some(Bytes::from(body)))
-                    .await?;
-                if !status.is_success() {
-                    bail!(
-                        "batch submit answered {status}: {}",
-                        String::from_utf8_lossy(&answer)
-                    );
-                }
-                let answer: Value = serde_json::from_slice(&answer)?;
-                for id in answer["task_ids"].as_array().into_iter().flatten() {
-                    ids.push(id.as_str().unwrap_or_default().to_owned());
-                }
+    // Submit in batches, a few requests in flight (as a client with many tasks would),
+    // concurrently with collecting.
+    let submit = async {
+        let mut ids = Vec::with_capacity(args.len());
+        let mut in_flight = tokio::task::JoinSet::new();
+        let mut bodies = Batches::new(endpoint, function_id, args);
+        loop {
+            while in_flight.len() < SUBMIT_IN_FLIGHT {
+                let Some(body) = bodies.next() else { break };
+                let api = api.clone();
+                in_flight.spawn(async move {
+                    api.send(reqwest::Method::POST, "/v1/tasks", Some(body))
+                        .await
+                });
             }
-            Ok::<_, anyhow::Error>((ids, Instant::now()))
-        })
+            let Some(answer) = in_flight.join_next().await else {
+                break;
+            };
+            let (status, _, answer) = answer??;
+            if !status.is_success() {
+                bail!(
+                    "batch submit answered {status}: {}",
+                    String::from_utf8_lossy(&answer)
+                );
+            }
+            let answer: Value = serde_json::from_slice(&answer)?;
+            for id in answer["task_ids"].as_array().into_iter().flatten() {
+                ids.push(id.as_str().unwrap_or_default().to_owned());
+            }
+        }
+        Ok::<_, anyhow::Error>((ids, Instant::now()))
     };
 
-    let mut done = HashSet::with_capacity(args.len());
-    let mut results = Vec::with_capacity(args.len());
-    let mut failed = 0usize;
-    while done.len() < args.len() && Instant::now() < deadline {
-        let page = api
-            .call(
-                reqwest::Method::GET,
-                &format!("/v1/results?after={cursor}&timeout=5&max=10000"),
-                None,
-            )
-            .await?;
-        cursor = page["cursor"].as_u64().unwrap_or(cursor);
-        for task in page["tasks"].as_array().into_iter().flatten() {
-            if let Some(id) = task["task_id"].as_str() {
-                if done.insert(id.to_owned()) {
-                    if task["state"] == "success" {
-                        results.push(task["result"].clone());
-                    } else {
-                        failed += 1;
+    let collect = async {
+        let mut done = HashSet::with_capacity(args.len());
+        let mut results = Vec::with_capacity(args.len());
+        let mut failed = 0usize;
+        let mut hops = hops::Hops::default();
+        while done.len() < args.len() && Instant::now() < deadline {
+            let page = api
+                .call(
+                    reqwest::Method::GET,
+                    &format!("/v1/results?after={cursor}&timeout=5&max=10000"),
+                    None,
+                )
+                .await?;
+            cursor = page["cursor"].as_u64().unwrap_or(cursor);
+            for task in page["tasks"].as_array().into_iter().flatten() {
+                if let Some(id) = task["task_id"].as_str() {
+                    if done.insert(id.to_owned()) {
+                        hops.add(task);
+                        if task["state"] == "success" {
+                            results.push(task["result"].clone());
+                        } else {
+                            failed += 1;
+                        }
                     }
                 }
             }
         }
-    }
+        Ok::<_, anyhow::Error>((done, results, failed, hops))
+    };
+    let (submitted, collected) = tokio::join!(submit, collect);
+    let (done, results, failed, hops) = collected?;
     let total = t0.elapsed().as_secs_f64();
-    let (ids, submitted_at) = submitter.await??;
+    let (ids, submitted_at) = submitted?;
     let submit_s = submitted_at.duration_since(t0).as_secs_f64();
     let all_ours = ids.iter().all(|id| done.contains(id));
     Ok(json!({
@@ -302,6 +399,7 @@ async fn throughput(
         "submit_rate_per_s": ids.len() as f64 / submit_s,
         "tasks_per_s": done.len() as f64 / total,
         "correct": failed == 0 && all_ours,
+        "hops": hops.summary(),
         "results": results.iter().map(|r| Value::String(r.to_string())).collect::<Vec<_>>(),
     }))
 }

@@ -41,15 +41,29 @@ impl std::error::Error for ApiError {}
 
 impl Api {
     pub fn new(base: &str, token: &str) -> Api {
-        Api {
-            http: reqwest::Client::builder()
-                .pool_max_idle_per_host(64)
-                .tcp_nodelay(true)
-                .build()
-                .expect("an HTTP client without TLS always builds"),
+        Self::with_ca(base, token, None).expect("a client without extra roots always builds")
+    }
+
+    /// A client that also trusts the PEM certificate(s) in `ca`, for an `https://`
+    /// service whose certificate no public authority signed.
+    pub fn with_ca(base: &str, token: &str, ca: Option<&std::path::Path>) -> anyhow::Result<Api> {
+        let mut builder = reqwest::Client::builder()
+            .pool_max_idle_per_host(64)
+            .tcp_nodelay(true);
+        if let Some(path) = ca {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("reading the CA file {}", path.display()))?;
+            for cert in reqwest::Certificate::from_pem_bundle(&pem)
+                .with_context(|| format!("{} is not a PEM certificate bundle", path.display()))?
+            {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        Ok(Api {
+            http: builder.build().context("building the HTTP client")?,
             base: base.trim_end_matches('/').to_owned(),
             token: token.to_owned(),
-        }
+        })
     }
 
     /// From `--url`/`--token`, falling back to the local service's admin token file.
@@ -69,7 +83,8 @@ impl Api {
                     .to_owned()
             }
         };
-        Ok(Api::new(&args.url, &token))
+        let ca = std::env::var_os("SCIFAAS_CA_FILE").map(std::path::PathBuf::from);
+        Api::with_ca(&args.url, &token, ca.as_deref())
     }
 
     fn url(&self, path: &str) -> String {

@@ -17,6 +17,13 @@ pub struct ServiceCmd {
     /// Largest stored result, in bytes; a bigger one fails its task.
     #[arg(long, default_value_t = 10 << 20)]
     max_result_bytes: usize,
+    /// Serve HTTPS with this PEM certificate chain (needs --tls-key); agents then
+    /// connect with wss://.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 pub async fn run(cmd: ServiceCmd) -> anyhow::Result<()> {
@@ -25,10 +32,19 @@ pub async fn run(cmd: ServiceCmd) -> anyhow::Result<()> {
         data_dir: cmd.data_dir.unwrap_or_else(crate::home::service_dir),
         max_payload_bytes: cmd.max_payload_bytes,
         max_result_bytes: cmd.max_result_bytes,
+        tls: cmd
+            .tls_cert
+            .zip(cmd.tls_key)
+            .map(|(cert, key)| scifaas_service::tls::TlsFiles { cert, key }),
+    };
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
     };
     let service = scifaas_service::start(config).await?;
     // Tests and scripts read these two lines; keep their form.
-    println!("listening on http://{}", service.addr);
+    println!("listening on {scheme}://{}", service.addr);
     println!(
         "admin token: {} (mode 0600)",
         service.admin_token_path.display()

@@ -15,8 +15,10 @@
 //! inproc ZeroMQ socket, so one `zmq::poll` waits for both the interchange and the slots.
 
 mod failures;
+mod node;
 mod pool;
 mod run;
 mod slot;
 
+pub use node::{node_name, NODE_NAME_VARIABLES};
 pub use run::{drain_margin, run, ManagerConfig, ACCELERATOR_VARIABLES, DEFAULT_START_RETRY_AFTER};

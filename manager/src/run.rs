@@ -2,14 +2,15 @@
 //! batching, heartbeats, idle retirement and the walltime watchdog.
 
 use crate::failures::StartFailures;
+use crate::node::node_name;
 use crate::pool::{Placement, Pool, Running, WorkerKind};
 use crate::slot::{spawn_slot, SlotEvent, SlotHandle, SlotOrder, SlotShared};
 use anyhow::{bail, Context};
 use scifaas_protocol::interchange::{InterchangeMessage, ManagerMessage, Registration};
 use scifaas_protocol::time::now_micros;
 use scifaas_protocol::{
-    decode, encode, BlockId, ContainerSpec, ErrorKind, ManagerId, TaskError, TaskResult, TaskSpec,
-    PROTOCOL_VERSION,
+    decode, decode_message, encode, BlockId, ContainerSpec, ErrorKind, ManagerId, TaskError,
+    TaskResult, TaskSpec, PROTOCOL_VERSION,
 };
 use scifaas_worker::{ContainerRuntimes, WorkerCommand};
 use std::collections::{HashMap, VecDeque};
@@ -143,9 +144,12 @@ pub fn run(config: ManagerConfig) -> anyhow::Result<()> {
     }
     let context = zmq::Context::new();
     let dealer = context.socket(zmq::DEALER)?;
+    // The scheduler's name for this node, so that a lost manager names the node to look
+    // at; several emulated nodes may share one host name.
+    let node = node_name();
     let manager_id = ManagerId(format!(
         "{}-{}-{}",
-        hostname(),
+        node,
         std::process::id(),
         random_suffix()
     ));
@@ -160,7 +164,7 @@ pub fn run(config: ManagerConfig) -> anyhow::Result<()> {
         manager_id: manager_id.clone(),
         block_id: config.block_id.clone(),
         job_id: config.job_id.clone(),
-        host: hostname(),
+        host: node.clone(),
         workers,
         cores: std::thread::available_parallelism()
             .map(|n| n.get() as u32)
@@ -184,7 +188,7 @@ pub fn run(config: ManagerConfig) -> anyhow::Result<()> {
         runtimes: config.containers.clone(),
         failures: Arc::new(StartFailures::new(config.start_retry_after)),
         switches: Arc::new(AtomicU64::new(0)),
-        host: hostname(),
+        host: node,
     };
     let default_kind = WorkerKind(config.default_container.clone());
     let slots: Vec<SlotHandle> = (0..workers as usize)
@@ -288,9 +292,10 @@ impl Manager {
                 self.on_slot_events(events)?;
             }
             if interchange_ready {
-                while let Ok(frame) = self.dealer.recv_bytes(zmq::DONTWAIT) {
+                // Decoded from ZeroMQ's own buffer: no copy of the tasks first.
+                while let Ok(frame) = self.dealer.recv_msg(zmq::DONTWAIT) {
                     self.last_heard = Instant::now();
-                    match decode::<InterchangeMessage>(&frame) {
+                    match decode_message::<InterchangeMessage>(&frame) {
                         Ok(message) => {
                             if self.on_interchange_message(message)? {
                                 return Ok(());
@@ -551,13 +556,6 @@ fn await_registration(
             Err(err) => tracing::warn!("dropping a malformed frame: {err}"),
         }
     }
-}
-
-fn hostname() -> String {
-    nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .unwrap_or_else(|| "unknown-host".into())
 }
 
 fn random_suffix() -> String {

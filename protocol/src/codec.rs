@@ -19,6 +19,12 @@ pub fn encode<T: Serialize>(message: &T) -> Vec<u8> {
     rmp_serde::to_vec_named(message).expect("protocol messages always encode")
 }
 
+/// Appends a message's encoding to `out`, so that a caller that frames messages (a
+/// length, a checksum) writes each one once, into its own buffer.
+pub fn encode_into<T: Serialize>(out: &mut Vec<u8>, message: &T) {
+    rmp_serde::encode::write_named(out, message).expect("protocol messages always encode");
+}
+
 /// Decodes a message received from another process.
 pub fn decode<T: DeserializeOwned>(frame: &[u8]) -> Result<T, DecodeError> {
     rmp_serde::from_slice(frame).map_err(|source| DecodeError {

@@ -10,12 +10,14 @@ pub mod ids;
 pub mod interchange;
 pub mod link;
 pub mod state;
+pub mod tagged;
 pub mod task;
 pub mod time;
 
-pub use codec::{decode, encode, DecodeError};
+pub use codec::{decode, encode, encode_into, DecodeError};
 pub use ids::{BlockId, EndpointId, FunctionId, ManagerId, TaskId};
 pub use state::{Actor, TaskState, Transition};
+pub use tagged::{decode_message, TaggedMessage};
 pub use task::{
     ContainerSpec, ErrorKind, FunctionSpec, Outcome, ResultTiming, TaskError, TaskResult, TaskSpec,
 };

@@ -92,7 +92,34 @@ pub struct BlockStatus {
     /// The provider's job id (pid for local, Slurm job id, ...).
     pub job_id: String,
     /// `pending`, `running`, `completed`, `failed`, `cancelled`, `timeout`, `held`,
-    /// `unknown`.
+    /// `unknown`, or `draining` (the agent asked its managers to finish and leave).
     pub state: String,
     pub managers: u32,
+    /// Nodes the block asked for (`nodes_per_block`). Absent from older agents.
+    #[serde(default)]
+    pub requested_nodes: u32,
+    /// The block's nodes as its managers reported them: one entry per registered manager,
+    /// plus the nodes whose manager was lost. Absent from older agents.
+    #[serde(default)]
+    pub nodes: Vec<BlockNode>,
+    /// Why the block is in its state, when that is not the scheduler's doing (e.g. `node
+    /// n2 lost: draining the other nodes, then cancelling`).
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+/// One node of a block, as its manager reported it at registration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BlockNode {
+    /// The node's name in the scheduler's terms (`SLURMD_NODENAME`), else its host name.
+    pub host: String,
+    pub manager_id: String,
+    /// The batch job id the manager runs under, as it reported it (the block's job).
+    pub job_id: Option<String>,
+    /// `up`, `draining` (taking no more work) or `lost` (silent past the heartbeat
+    /// threshold).
+    pub state: String,
+    pub workers: u32,
+    pub busy_workers: u32,
+    pub idle_workers: u32,
 }

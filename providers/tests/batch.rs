@@ -9,6 +9,7 @@
 
 mod batch {
     mod fake;
+    mod multinode;
     mod recorded;
 
     use std::path::PathBuf;

@@ -14,6 +14,7 @@ mod link;
 mod registry;
 mod store;
 mod submit;
+pub mod tls;
 mod views;
 mod waiters;
 
@@ -44,6 +45,9 @@ pub struct ServiceConfig {
     /// The largest result stored; a larger one is stored as a failure of kind
     /// `too-large`. Default 10 MiB.
     pub max_result_bytes: usize,
+    /// Serve HTTPS (and `wss://` to agents) with this certificate and key; `None`:
+    /// plain HTTP, for loopback or behind a TLS-terminating proxy.
+    pub tls: Option<tls::TlsFiles>,
 }
 
 impl Default for ServiceConfig {
@@ -53,6 +57,7 @@ impl Default for ServiceConfig {
             data_dir: default_data_dir(),
             max_payload_bytes: 10 << 20,
             max_result_bytes: 10 << 20,
+            tls: None,
         }
     }
 }
@@ -135,9 +140,12 @@ async fn serve(
         let last_done_seq = store.last_done_seq().await?;
         let (admin_token, admin_token_path) =
             auth::bootstrap_admin(&config.data_dir, &store, &registry).await?;
+        // Read the certificate before anything listens: a bad one fails the start.
+        let tls = config.tls.as_ref().map(tls::server_config).transpose()?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("listening on {}", config.listen))?;
+        let listener = (listener, tls);
         anyhow::Ok((
             registry,
             last_done_seq,
@@ -150,6 +158,7 @@ async fn serve(
         Ok(prepared) => prepared,
         Err(e) => return Err((e, writer)),
     };
+    let (listener, tls) = listener;
     let addr = match listener.local_addr() {
         Ok(addr) => addr,
         Err(e) => return Err((e.into(), writer)),
@@ -164,21 +173,21 @@ async fn serve(
         stopping: stopping.clone(),
     });
     let router = api::router(app.clone());
-    // Small request/answer exchanges: Nagle's delay would dominate their latency.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!("cannot set TCP_NODELAY: {e}");
+    let server = match tls {
+        None => {
+            // Small request/answer exchanges: Nagle's delay would dominate their latency.
+            let listener = listener.tap_io(|tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!("cannot set TCP_NODELAY: {e}");
+                }
+            });
+            tokio::spawn(serve_until_stopped(listener, router, stopping))
         }
-    });
-    let server = tokio::spawn(async move {
-        let mut stopping = stopping;
-        let serving = axum::serve(listener, router).with_graceful_shutdown(async move {
-            let _ = stopping.wait_for(|stop| *stop).await;
-        });
-        if let Err(e) = serving.await {
-            tracing::error!("the HTTP server failed: {e}");
-        }
-    });
+        Some(tls) => match tls::TlsListener::new(listener, tls) {
+            Ok(listener) => tokio::spawn(serve_until_stopped(listener, router, stopping)),
+            Err(e) => return Err((e.into(), writer)),
+        },
+    };
     tracing::info!(%addr, "scifaas service listening");
     Ok(RunningService {
         addr,
@@ -189,6 +198,22 @@ async fn serve(
         server,
         writer,
     })
+}
+
+async fn serve_until_stopped<L>(
+    listener: L,
+    router: axum::Router,
+    mut stopping: watch::Receiver<bool>,
+) where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    let serving = axum::serve(listener, router).with_graceful_shutdown(async move {
+        let _ = stopping.wait_for(|stop| *stop).await;
+    });
+    if let Err(e) = serving.await {
+        tracing::error!("the HTTP server failed: {e}");
+    }
 }
 
 /// Creates the data directory (owner-only when new: it holds the admin token).

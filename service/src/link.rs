@@ -15,7 +15,7 @@ use crate::auth::{bearer_token, token_hash};
 use crate::error::ApiError;
 use crate::hub::{LinkSender, Outgoing};
 use crate::registry::Endpoint;
-use crate::store::ResultFate;
+use crate::store::{ResultFate, RowRange};
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{close_code, CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
@@ -27,8 +27,8 @@ use futures_util::{SinkExt, StreamExt};
 use scifaas_protocol::link::{AgentMessage, ServiceMessage};
 use scifaas_protocol::time::now_micros;
 use scifaas_protocol::{
-    decode, encode, EndpointId, ErrorKind, Outcome, TaskError, TaskResult, TaskSpec, TaskState,
-    PROTOCOL_VERSION,
+    decode, decode_message, encode, encode_into, EndpointId, ErrorKind, Outcome, TaskError,
+    TaskResult, TaskSpec, TaskState, PROTOCOL_VERSION,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -191,7 +191,7 @@ async fn await_hello(stream: &mut SplitStream<WebSocket>) -> Result<String, Stri
 
 fn on_frame(app: &Arc<App>, endpoint: &Endpoint, sender: &LinkSender, frame: &[u8]) {
     app.hub.on_agent_seen(endpoint.id);
-    let message = match decode::<AgentMessage>(frame) {
+    let message = match decode_message::<AgentMessage>(frame) {
         Ok(message) => message,
         Err(e) => {
             tracing::warn!(endpoint = endpoint.name, "dropping a frame: {e}");
@@ -297,63 +297,59 @@ fn truncate(text: &mut String, limit: usize) {
     }
 }
 
-/// Sends the endpoint's unfinished tasks up to `horizon` (a task rowid), oldest first:
-/// the not yet accepted, then those an agent accepted but never finished.
+/// Sends the endpoint's unfinished tasks up to `horizon` (a task rowid), oldest first,
+/// and stamps `waiting-for-endpoint` on those that had not been sent yet.
 async fn resend_backlog(app: Arc<App>, endpoint: EndpointId, horizon: i64, sender: LinkSender) {
-    let states = [
-        TaskState::Received,
-        TaskState::WaitingForEndpoint,
-        TaskState::WaitingForNodes,
-        TaskState::WaitingForLaunch,
-        TaskState::Running,
-    ];
     let mut resent = 0usize;
-    for state in states {
-        let mut after = 0;
-        loop {
-            let page = match app
-                .store
-                .pending_page(endpoint, state, (after, horizon), BACKLOG_PAGE)
-                .await
-            {
-                Ok(page) => page,
-                Err(e) => {
-                    tracing::error!(%endpoint, "cannot read the backlog: {e}");
-                    return;
-                }
-            };
-            let Some(last) = page.last() else { break };
-            after = last.rowid;
-            let full_page = page.len() == BACKLOG_PAGE;
-            let mut tasks = Vec::with_capacity(page.len());
-            for task in page {
-                match app.registry.function_by_id(task.function_id) {
-                    Some(function) => tasks.push(TaskSpec {
+    let mut after = 0;
+    loop {
+        let page = match app
+            .store
+            .pending_page(endpoint, (after, horizon), BACKLOG_PAGE)
+            .await
+        {
+            Ok(page) => page,
+            Err(e) => {
+                tracing::error!(%endpoint, "cannot read the backlog: {e}");
+                return;
+            }
+        };
+        let Some(last) = page.last() else { break };
+        after = last.rowid;
+        let full_page = page.len() == BACKLOG_PAGE;
+        let mut tasks = Vec::with_capacity(page.len());
+        let mut unsent = Vec::new();
+        for task in page {
+            match app.registry.function_by_id(task.function_id) {
+                Some(function) => {
+                    if task.state == Some(TaskState::Received) {
+                        unsent.push(task.rowid);
+                    }
+                    tasks.push(TaskSpec {
                         task_id: task.id,
                         function: function.spec.clone(),
                         payload: task.payload,
                         walltime_ms: None,
                         retries: 0,
-                    }),
-                    None => {
-                        tracing::error!(task_id = %task.id, "task names an unknown function; not sent")
-                    }
+                    })
+                }
+                None => {
+                    tracing::error!(task_id = %task.id, "task names an unknown function; not sent")
                 }
             }
-            let ids: Vec<_> = tasks.iter().map(|task| task.task_id).collect();
-            resent += ids.len();
-            if sender
-                .send(Outgoing::Message(ServiceMessage::Tasks { tasks }))
-                .is_err()
-            {
-                return;
-            }
-            if state == TaskState::Received {
-                app.store.mark_sent(ids, now_micros());
-            }
-            if !full_page {
-                break;
-            }
+        }
+        resent += tasks.len();
+        if sender
+            .send(Outgoing::Message(ServiceMessage::Tasks { tasks }))
+            .is_err()
+        {
+            return;
+        }
+        if !unsent.is_empty() {
+            app.store.mark_sent(RowRange::runs(unsent), now_micros());
+        }
+        if !full_page {
+            break;
         }
     }
     if resent > 0 {
@@ -432,22 +428,25 @@ async fn send_tasks(
             && (frame.len() >= MAX_TASKS_PER_FRAME || frame_bytes + size > MAX_TASK_BYTES_PER_FRAME)
         {
             let tasks = std::mem::take(&mut frame);
-            sink.feed(Message::Binary(
-                encode(&ServiceMessage::Tasks { tasks }).into(),
-            ))
-            .await?;
+            sink.feed(tasks_frame(tasks, frame_bytes)).await?;
             frame_bytes = 0;
         }
         frame_bytes += size;
         frame.push(task);
     }
     if !frame.is_empty() {
-        sink.feed(Message::Binary(
-            encode(&ServiceMessage::Tasks { tasks: frame }).into(),
-        ))
-        .await?;
+        sink.feed(tasks_frame(frame, frame_bytes)).await?;
     }
     sink.flush().await
+}
+
+/// One `Tasks` frame, encoded into a buffer sized for it up front (`bytes`: the tasks'
+/// payloads and sources; the rest is a few hundred bytes per task), so that a batch of
+/// large payloads is not copied again each time a growing buffer doubles.
+fn tasks_frame(tasks: Vec<TaskSpec>, bytes: usize) -> Message {
+    let mut buf = Vec::with_capacity(bytes + tasks.len() * 512 + 64);
+    encode_into(&mut buf, &ServiceMessage::Tasks { tasks });
+    Message::Binary(buf.into())
 }
 
 fn close(code: u16, reason: &'static str) -> Message {

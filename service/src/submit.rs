@@ -112,8 +112,7 @@ pub(crate) async fn submit(
                 received_at,
             })
             .collect();
-        app.store.insert_tasks(rows).await?;
-        let ids: Vec<TaskId> = tasks.iter().map(|task| task.id).collect();
+        let rows = app.store.insert_tasks(rows).await?;
         let specs = tasks
             .into_iter()
             .map(|task| TaskSpec {
@@ -125,7 +124,7 @@ pub(crate) async fn submit(
             })
             .collect();
         if app.hub.push_tasks(endpoint, specs) {
-            app.store.mark_sent(ids, now_micros());
+            app.store.mark_sent(vec![rows], now_micros());
         }
         Ok(())
     });

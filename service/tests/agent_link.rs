@@ -5,7 +5,8 @@ mod common;
 
 use common::{start_service, states, success, wait_for_state, Api, ScriptedAgent};
 use scifaas_protocol::link::{
-    AgentMessage, BlockStatus, EndpointStatus, ManagerStatus, ServiceMessage, TaskProgress,
+    AgentMessage, BlockNode, BlockStatus, EndpointStatus, ManagerStatus, ServiceMessage,
+    TaskProgress,
 };
 use scifaas_protocol::{TaskId, TaskSpec, PROTOCOL_VERSION};
 use serde_json::json;
@@ -305,6 +306,17 @@ async fn the_endpoint_view_shows_the_agents_latest_status() {
                 job_id: "12345".into(),
                 state: "running".into(),
                 managers: 2,
+                requested_nodes: 2,
+                nodes: vec![BlockNode {
+                    host: "n1".into(),
+                    manager_id: "m1".into(),
+                    job_id: Some("12345".into()),
+                    state: "up".into(),
+                    workers: 4,
+                    busy_workers: 1,
+                    idle_workers: 3,
+                }],
+                message: None,
             }],
             paused: None,
             submit_error: None,
@@ -327,6 +339,8 @@ async fn the_endpoint_view_shows_the_agents_latest_status() {
     assert_eq!(view["workers"], json!({"total": 8, "busy": 4, "idle": 4}));
     assert_eq!(view["managers"].as_array().unwrap().len(), 2);
     assert_eq!(view["blocks"][0]["job_id"], "12345");
+    assert_eq!(view["blocks"][0]["nodes"][0]["host"], "n1");
+    assert_eq!(view["blocks"][0]["nodes"][0]["workers"], 4);
     assert_eq!(view["paused"], serde_json::Value::Null);
 
     agent.close().await;

@@ -3,7 +3,9 @@
 
 use super::*;
 use bytes::Bytes;
-use scifaas_protocol::{BlockId, FunctionId, FunctionSpec, ManagerId, Outcome, ResultTiming};
+use scifaas_protocol::{
+    decode, BlockId, FunctionId, FunctionSpec, ManagerId, Outcome, ResultTiming,
+};
 
 fn config() -> InterchangeConfig {
     InterchangeConfig {

@@ -8,6 +8,7 @@
 
 mod reads;
 mod schema;
+mod segments;
 mod writer;
 
 pub(crate) use reads::{PendingTask, RegistrySnapshot, TaskRow};
@@ -17,7 +18,7 @@ use bytes::Bytes;
 use rusqlite::Connection;
 use scifaas_protocol::link::TaskProgress;
 use scifaas_protocol::time::Micros;
-use scifaas_protocol::{ContainerSpec, EndpointId, FunctionId, TaskId, TaskResult, TaskState};
+use scifaas_protocol::{ContainerSpec, EndpointId, FunctionId, TaskId, TaskResult};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -97,6 +98,32 @@ pub(crate) struct NewTask {
     pub received_at: Micros,
 }
 
+/// Consecutive task rowids, `first..=last` (empty when `first > last`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct RowRange {
+    pub first: i64,
+    pub last: i64,
+}
+
+impl RowRange {
+    pub(crate) const EMPTY: RowRange = RowRange { first: 1, last: 0 };
+
+    /// The ranges of consecutive rowids among `rowids` (in the order given).
+    pub(crate) fn runs(rowids: impl IntoIterator<Item = i64>) -> Vec<RowRange> {
+        let mut runs: Vec<RowRange> = Vec::new();
+        for rowid in rowids {
+            match runs.last_mut() {
+                Some(run) if run.last + 1 == rowid => run.last = rowid,
+                _ => runs.push(RowRange {
+                    first: rowid,
+                    last: rowid,
+                }),
+            }
+        }
+        runs
+    }
+}
+
 /// What became of one result handed to [`Store::store_results`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum ResultFate {
@@ -122,9 +149,11 @@ impl Store {
         let path = schema::db_path(data_dir);
         let conn = schema::open_writer(&path)?;
         let task_horizon = Arc::new(AtomicI64::new(0));
-        let (commands, writer) = writer::spawn(conn, task_horizon.clone())?;
+        let segments_dir = segments::segments_dir(data_dir);
+        let (commands, writer) = writer::spawn(conn, segments_dir.clone(), task_horizon.clone())?;
         let reads = Arc::new(ReadPool {
             path,
+            segments_dir,
             idle: Mutex::new(Vec::new()),
         });
         let store = Store {
@@ -190,18 +219,24 @@ impl Store {
             .map(drop)
     }
 
-    /// Inserts tasks in state `received`; resolves once they are durable.
+    /// Inserts tasks in state `received`; resolves once they are durable, with the
+    /// rowids they were given (in order: one group's rowids are consecutive).
     pub(crate) fn insert_tasks(
         &self,
         tasks: Vec<NewTask>,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+    ) -> impl Future<Output = Result<RowRange, StoreError>> + Send + 'static {
         let done = self.durable(WriteOp::InsertTasks(tasks));
-        async move { done.await.map(drop) }
+        async move {
+            match done.await? {
+                Applied::Inserted(rows) => Ok(rows),
+                _ => Ok(RowRange::EMPTY),
+            }
+        }
     }
 
-    /// Stamps `waiting-for-endpoint` on those of `task_ids` still in `received`.
-    pub(crate) fn mark_sent(&self, task_ids: Vec<TaskId>, at: Micros) {
-        self.deferred(WriteOp::MarkSent { task_ids, at });
+    /// Stamps `waiting-for-endpoint` on the tasks of these rowids still in `received`.
+    pub(crate) fn mark_sent(&self, rows: Vec<RowRange>, at: Micros) {
+        self.deferred(WriteOp::MarkSent { rows, at });
     }
 
     /// Moves those of `task_ids` of this endpoint that are not further along to
@@ -238,7 +273,7 @@ impl Store {
         async move {
             match done.await? {
                 Applied::Results(fates) => Ok(fates),
-                Applied::Nothing => Ok(Vec::new()),
+                _ => Ok(Vec::new()),
             }
         }
     }
@@ -285,16 +320,16 @@ impl Store {
         self.task_horizon.load(Ordering::SeqCst)
     }
 
-    /// One page of an endpoint's tasks in `state` with rowids in `rows` (exclusive start,
+    /// One page of an endpoint's unfinished tasks with rowids in `rows` (exclusive start,
     /// inclusive end), in insertion order.
     pub(crate) async fn pending_page(
         &self,
         endpoint_id: EndpointId,
-        state: TaskState,
         rows: (i64, i64),
         limit: usize,
     ) -> Result<Vec<PendingTask>, StoreError> {
-        self.read(move |conn| reads::pending_page(conn, endpoint_id, state, rows, limit))
+        let segments_dir = self.reads.segments_dir.clone();
+        self.read(move |conn| reads::pending_page(conn, &segments_dir, endpoint_id, rows, limit))
             .await
     }
 
@@ -319,6 +354,8 @@ impl Store {
 /// Read-only connections, opened on demand and kept for reuse.
 struct ReadPool {
     path: PathBuf,
+    /// Where payloads too large for a row lie.
+    segments_dir: PathBuf,
     idle: Mutex<Vec<Connection>>,
 }
 

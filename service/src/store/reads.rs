@@ -1,11 +1,12 @@
 //! The queries behind task views, the results cursor, an agent's backlog and the
 //! registry loaded at start.
 
-use super::{EndpointRow, FunctionRow, StoreError, TokenRow, UserRow};
+use super::{segments, EndpointRow, FunctionRow, StoreError, TokenRow, UserRow};
 use bytes::Bytes;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row};
 use scifaas_protocol::time::Micros;
 use scifaas_protocol::{EndpointId, FunctionId, TaskId, TaskState};
+use std::path::Path;
 
 /// Every user, token, function and endpoint, to fill the in-memory registry at start.
 #[derive(Debug, Default)]
@@ -41,11 +42,40 @@ pub(crate) struct PendingTask {
     pub rowid: i64,
     pub id: TaskId,
     pub function_id: FunctionId,
+    /// `None` for a state this service does not know (a newer one's).
+    pub state: Option<TaskState>,
     pub payload: Bytes,
 }
 
-const TASK_COLUMNS: &str = "id, owner, endpoint_id, function_id, state, result, error, stdout, \
-     stderr, transitions, timing, created_at, completed_at, done_seq";
+/// The columns of a [`TaskRow`], in its order.
+macro_rules! task_columns {
+    () => {
+        "id, owner, endpoint_id, function_id, state, result, error, stdout, stderr, \
+         transitions, timing, created_at, completed_at, done_seq"
+    };
+}
+const TASK_COLUMNS: &str = task_columns!();
+
+// The statements run at every poll are written so that SQLite does not compile them again
+// at every run: built with STAT4 (as the bundled SQLite is), it makes a plan depend on a
+// value bound against an indexed column, or as the LIMIT, unless the column is given its
+// collation explicitly (`COLLATE BINARY`, what it uses anyway) and the limit is an
+// expression (`?3 + 0`). The store's tests check them.
+
+/// An owner's tasks finished after a `done_seq`, oldest first (the results cursor).
+pub(super) const FINISHED_AFTER: &str = concat!(
+    "SELECT ",
+    task_columns!(),
+    " FROM tasks WHERE owner = ?1 COLLATE BINARY AND done_seq > ?2 ORDER BY done_seq LIMIT ?3 + 0"
+);
+
+/// A page of an endpoint's unfinished tasks in rowid order, with their payloads.
+pub(super) const PENDING_PAGE: &str =
+    "SELECT t.rowid, t.id, t.function_id, t.state, p.payload, p.segment, p.offset, p.length
+     FROM tasks t JOIN task_payloads p ON p.task_rowid = t.rowid
+     WHERE t.endpoint_id = ?1 COLLATE BINARY AND t.done_seq IS NULL
+         AND t.rowid > ?2 AND t.rowid <= ?3
+     ORDER BY t.rowid LIMIT ?4 + 0";
 
 /// SQLite's default limit on `?` parameters is far above this; it keeps statements short.
 const IDS_PER_QUERY: usize = 500;
@@ -100,10 +130,7 @@ pub(super) fn finished_after(
     after: i64,
     max: usize,
 ) -> Result<Vec<TaskRow>, StoreError> {
-    let sql = format!(
-        "SELECT {TASK_COLUMNS} FROM tasks WHERE owner = ?1 AND done_seq > ?2 ORDER BY done_seq LIMIT ?3"
-    );
-    let mut statement = conn.prepare_cached(&sql)?;
+    let mut statement = conn.prepare_cached(FINISHED_AFTER)?;
     let limit = i64::try_from(max).unwrap_or(i64::MAX);
     let rows = statement
         .query_map(params![owner, after, limit], task_row)?
@@ -121,44 +148,58 @@ pub(super) fn last_done_seq(conn: &Connection) -> Result<i64, StoreError> {
 
 pub(super) fn pending_page(
     conn: &Connection,
+    segments_dir: &Path,
     endpoint_id: EndpointId,
-    state: TaskState,
     (after_rowid, up_to_rowid): (i64, i64),
     limit: usize,
 ) -> Result<Vec<PendingTask>, StoreError> {
-    // One state at a time, so that the (endpoint_id, state) index yields rows already in
-    // rowid order and a page costs its own size, not a sort of the whole backlog.
-    let mut statement = conn.prepare_cached(
-        "SELECT rowid, id, function_id, payload FROM tasks
-         WHERE endpoint_id = ?1 AND state = ?2 AND rowid > ?3 AND rowid <= ?4
-         ORDER BY rowid LIMIT ?5",
-    )?;
+    // The partial index of unfinished tasks yields an endpoint's rows already in rowid
+    // order, so a page costs its own size, not a sort of the whole backlog.
+    let mut statement = conn.prepare_cached(PENDING_PAGE)?;
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let rows = statement.query_map(
-        params![
-            endpoint_id.to_string(),
-            state.as_str(),
-            after_rowid,
-            up_to_rowid,
-            limit
-        ],
+        params![endpoint_id.to_string(), after_rowid, up_to_rowid, limit],
         |row| {
+            let place = match row.get::<_, Option<Vec<u8>>>(4)? {
+                Some(bytes) => Ok(bytes),
+                None => Err((
+                    row.get::<_, i64>(5)?,
+                    row.get::<_, i64>(6)?,
+                    row.get::<_, i64>(7)?,
+                )),
+            };
             Ok((
                 row.get::<_, i64>(0)?,
                 row.get::<_, String>(1)?,
                 row.get::<_, String>(2)?,
-                row.get::<_, Vec<u8>>(3)?,
+                row.get::<_, String>(3)?,
+                place,
             ))
         },
     )?;
     let mut page = Vec::new();
     for row in rows {
-        let (rowid, id, function_id, payload) = row?;
+        let (rowid, id, function_id, state, place) = row?;
+        let payload = match place {
+            Ok(bytes) => bytes,
+            Err((segment, offset, length)) => {
+                match segments::read(segments_dir, segment, offset, length) {
+                    Ok(bytes) => bytes,
+                    Err(e) => {
+                        // The task finished since the page was read (its segment may be
+                        // gone), or the segment is damaged: either way not sent.
+                        tracing::warn!(id, segment, "cannot read a task's payload: {e}");
+                        continue;
+                    }
+                }
+            }
+        };
         match (id.parse(), function_id.parse()) {
             (Ok(id), Ok(function_id)) => page.push(PendingTask {
                 rowid,
                 id,
                 function_id,
+                state: TaskState::parse(&state),
                 payload: Bytes::from(payload),
             }),
             _ => tracing::warn!(id, function_id, "skipping a task with a malformed id"),

@@ -12,6 +12,9 @@ pub(crate) const DB_FILE: &str = "scifaas.db";
 /// by mistake.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The writer's page cache, in KiB.
+const WRITER_CACHE_KIB: i64 = 64 << 10;
+
 /// The path of the database inside `data_dir`.
 pub(crate) fn db_path(data_dir: &Path) -> PathBuf {
     data_dir.join(DB_FILE)
@@ -25,13 +28,18 @@ pub(crate) fn open_writer(path: &Path) -> rusqlite::Result<Connection> {
     // (an fsync of the WAL) before a caller is answered.
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
+    // Task ids are random, so inserts land all over the id index: with SQLite's default
+    // 2 MiB page cache, a deep queue (a million tasks) makes nearly every insert read its
+    // index page back from the OS. 64 MiB holds the index of about a million tasks.
+    conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
     conn.execute_batch(SCHEMA)?;
     migrate(&conn)?;
+    conn.execute_batch(INDEXES)?;
     Ok(conn)
 }
 
 /// Brings a database made by an older service up to [`SCHEMA`]: columns added since are
-/// added, with NULL in the rows already there.
+/// added, with NULL in the rows already there, and payloads move out of the tasks table.
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     let has_column = |table: &str, column: &str| -> rusqlite::Result<bool> {
         conn.prepare("SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2")?
@@ -39,6 +47,20 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     };
     if !has_column("functions", "container")? {
         conn.execute_batch("ALTER TABLE functions ADD COLUMN container TEXT")?;
+    }
+    if has_column("tasks", "payload")? {
+        // Before payloads had their own table: move those of unfinished tasks (the
+        // others are never read again), drop the column and the indexes replaced by
+        // partial ones. One transaction, so a crash leaves the old layout whole.
+        conn.execute_batch(
+            "BEGIN IMMEDIATE;
+             INSERT OR IGNORE INTO task_payloads (task_rowid, payload)
+                 SELECT rowid, payload FROM tasks WHERE done_seq IS NULL;
+             DROP INDEX IF EXISTS tasks_by_endpoint_state;
+             DROP INDEX IF EXISTS tasks_by_owner_done;
+             ALTER TABLE tasks DROP COLUMN payload;
+             COMMIT;",
+        )?;
     }
     Ok(())
 }
@@ -101,7 +123,6 @@ CREATE TABLE IF NOT EXISTS tasks (
     endpoint_id  TEXT NOT NULL,
     function_id  TEXT NOT NULL,
     state        TEXT NOT NULL,
-    payload      BLOB NOT NULL,
     result       BLOB,
     error        TEXT,
     stdout       TEXT NOT NULL DEFAULT '',
@@ -112,6 +133,31 @@ CREATE TABLE IF NOT EXISTS tasks (
     completed_at INTEGER,
     done_seq     INTEGER
 );
-CREATE INDEX IF NOT EXISTS tasks_by_endpoint_state ON tasks (endpoint_id, state);
-CREATE INDEX IF NOT EXISTS tasks_by_owner_done ON tasks (owner, done_seq);
+
+-- The arguments of unfinished tasks, keyed by their task's rowid. Apart from the task's
+-- row because SQLite rewrites a whole row (overflow pages included) on every update,
+-- and a task's row is updated several times on its way; deleted once the task finishes
+-- (nothing reads the arguments of a finished task). payload: the bytes, or NULL when
+-- they lie in the segment file `payloads/{segment}.seg` at `offset` (segments.rs).
+CREATE TABLE IF NOT EXISTS task_payloads (
+    task_rowid   INTEGER PRIMARY KEY,
+    payload      BLOB,
+    segment      INTEGER,
+    offset       INTEGER,
+    length       INTEGER
+);
+CREATE INDEX IF NOT EXISTS task_payloads_by_segment ON task_payloads (segment)
+    WHERE segment IS NOT NULL;
+"#;
+
+/// The indexes, made after [`migrate`] (a database from before them has older ones of
+/// the same purpose to drop first). Both are partial, so that an update of a task's state
+/// touches no index: an unfinished task is in the first, a finished one in the second,
+/// and it moves once, when it finishes.
+const INDEXES: &str = r#"
+-- An endpoint's unfinished tasks in insertion (rowid) order: the backlog re-sent to an
+-- agent that connects.
+CREATE INDEX IF NOT EXISTS tasks_unfinished ON tasks (endpoint_id) WHERE done_seq IS NULL;
+-- An owner's finished tasks in the order they finished: the results cursor.
+CREATE INDEX IF NOT EXISTS tasks_finished ON tasks (owner, done_seq) WHERE done_seq IS NOT NULL;
 "#;

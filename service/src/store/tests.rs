@@ -4,7 +4,7 @@
 use super::*;
 use scifaas_protocol::link::TaskProgress;
 use scifaas_protocol::time::now_micros;
-use scifaas_protocol::{Actor, ErrorKind, Outcome, ResultTiming, TaskError, Transition};
+use scifaas_protocol::{Actor, ErrorKind, Outcome, ResultTiming, TaskError, TaskState, Transition};
 
 fn open(dir: &Path) -> (Store, WriterThread) {
     Store::open(dir).unwrap()
@@ -49,8 +49,8 @@ async fn deferred_hints_ride_along_and_states_only_move_forward() {
     let endpoint = EndpointId::new();
     let task = new_task(endpoint);
     let id = task.id;
-    store.insert_tasks(vec![task]).await.unwrap();
-    store.mark_sent(vec![id], now_micros());
+    let rows = store.insert_tasks(vec![task]).await.unwrap();
+    store.mark_sent(vec![rows], now_micros());
     store.mark_accepted(endpoint, vec![id]);
     // A durable write after the hints: by its commit, they are committed too.
     store.insert_tasks(vec![new_task(endpoint)]).await.unwrap();
@@ -76,7 +76,7 @@ async fn deferred_hints_ride_along_and_states_only_move_forward() {
             progress(running),
         ],
     );
-    store.mark_sent(vec![id], now_micros());
+    store.mark_sent(vec![rows], now_micros());
     store.mark_accepted(endpoint, vec![id]);
     // Another endpoint's agent cannot touch the task.
     store.progress(
@@ -187,41 +187,144 @@ async fn a_failing_write_does_not_undo_the_others_in_its_group() {
 }
 
 #[tokio::test]
-async fn the_backlog_is_paged_by_state_in_insertion_order() {
+async fn the_backlog_is_the_unfinished_tasks_paged_in_insertion_order() {
     let dir = tempfile::tempdir().unwrap();
     let (store, writer) = open(dir.path());
     let endpoint = EndpointId::new();
-    let tasks: Vec<NewTask> = (0..5).map(|_| new_task(endpoint)).collect();
+    let mut tasks: Vec<NewTask> = (0..6).map(|_| new_task(endpoint)).collect();
+    tasks[1].payload = Bytes::from(vec![b'7'; 3 << 20]);
     let ids: Vec<TaskId> = tasks.iter().map(|t| t.id).collect();
-    store.insert_tasks(tasks).await.unwrap();
+    let rows = store.insert_tasks(tasks).await.unwrap();
+    assert_eq!(rows.last - rows.first, 5);
+    // A finished task leaves the backlog; one further along stays in it.
+    store
+        .store_results(endpoint, vec![result(ids[5], b"1")], now_micros())
+        .await
+        .unwrap();
+    store.mark_sent(RowRange::runs([rows.first]), now_micros());
+    store.mark_accepted(endpoint, vec![ids[0]]);
+    // Another endpoint's task, durable: the hints above commit with it.
     store
         .insert_tasks(vec![new_task(EndpointId::new())])
         .await
         .unwrap();
     let horizon = store.task_horizon();
-    let first = store
-        .pending_page(endpoint, TaskState::Received, (0, horizon), 3)
-        .await
-        .unwrap();
+    let first = store.pending_page(endpoint, (0, horizon), 3).await.unwrap();
     let rest = store
-        .pending_page(endpoint, TaskState::Received, (first[2].rowid, horizon), 3)
+        .pending_page(endpoint, (first[2].rowid, horizon), 3)
         .await
         .unwrap();
     let paged: Vec<TaskId> = first.iter().chain(&rest).map(|t| t.id).collect();
-    assert_eq!(paged, ids);
-    assert!(store
-        .pending_page(endpoint, TaskState::Running, (0, horizon), 3)
-        .await
-        .unwrap()
-        .is_empty());
+    assert_eq!(paged, ids[..5]);
+    assert_eq!(first[0].state, Some(TaskState::WaitingForNodes));
+    assert_eq!(first[1].state, Some(TaskState::Received));
+    assert_eq!(first[1].payload.len(), 3 << 20);
+    assert_eq!(&first[2].payload[..], b"{\"args\":[],\"kwargs\":{}}");
     // Tasks stored after the horizon was taken are not in the pages.
     store.insert_tasks(vec![new_task(endpoint)]).await.unwrap();
     assert!(store.task_horizon() > horizon);
     let again = store
-        .pending_page(endpoint, TaskState::Received, (0, horizon), 10)
+        .pending_page(endpoint, (0, horizon), 10)
         .await
         .unwrap();
     assert_eq!(again.len(), 5);
+    close(store, writer);
+}
+
+#[tokio::test]
+async fn a_finished_task_keeps_no_payload_and_updates_leave_payloads_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, writer) = open(dir.path());
+    let endpoint = EndpointId::new();
+    let mut task = new_task(endpoint);
+    task.payload = Bytes::from(vec![b'x'; 1 << 20]);
+    let id = task.id;
+    let rows = store.insert_tasks(vec![task]).await.unwrap();
+    store.mark_sent(vec![rows], now_micros());
+    store.mark_accepted(endpoint, vec![id]);
+    store
+        .store_results(endpoint, vec![result(id, b"1")], now_micros())
+        .await
+        .unwrap();
+    close(store, writer);
+    let conn = rusqlite::Connection::open(schema::db_path(dir.path())).unwrap();
+    let payloads: i64 = conn
+        .query_row("SELECT COUNT(*) FROM task_payloads", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(payloads, 0);
+    // The segment that held it was still being appended to; the next start deletes it.
+    let segments = || {
+        std::fs::read_dir(segments::segments_dir(dir.path()))
+            .unwrap()
+            .count()
+    };
+    assert_eq!(segments(), 1);
+    let (store, writer) = open(dir.path());
+    assert_eq!(segments(), 0);
+    close(store, writer);
+}
+
+#[tokio::test]
+async fn a_database_with_payloads_in_the_tasks_table_is_migrated() {
+    let dir = tempfile::tempdir().unwrap();
+    let endpoint = EndpointId::new();
+    let (pending, finished) = (TaskId::new(), TaskId::new());
+    // The tasks table as services before the payloads table made it.
+    {
+        let conn = rusqlite::Connection::open(schema::db_path(dir.path())).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE tasks (id TEXT PRIMARY KEY, owner TEXT NOT NULL,
+                 endpoint_id TEXT NOT NULL, function_id TEXT NOT NULL, state TEXT NOT NULL,
+                 payload BLOB NOT NULL, result BLOB, error TEXT,
+                 stdout TEXT NOT NULL DEFAULT '', stderr TEXT NOT NULL DEFAULT '',
+                 transitions TEXT NOT NULL, timing TEXT, created_at INTEGER NOT NULL,
+                 completed_at INTEGER, done_seq INTEGER);
+             CREATE INDEX tasks_by_endpoint_state ON tasks (endpoint_id, state);
+             CREATE INDEX tasks_by_owner_done ON tasks (owner, done_seq);",
+        )
+        .unwrap();
+        let insert = "INSERT INTO tasks (id, owner, endpoint_id, function_id, state, payload,
+                 transitions, created_at, done_seq) VALUES (?1, 'alice', ?2, ?3, ?4, ?5, '[]', 1, ?6)";
+        let function = FunctionId::new().to_string();
+        conn.execute(
+            insert,
+            rusqlite::params![
+                pending.to_string(),
+                endpoint.to_string(),
+                function,
+                "received",
+                b"{\"args\":[1]}".to_vec(),
+                None::<i64>
+            ],
+        )
+        .unwrap();
+        conn.execute(
+            insert,
+            rusqlite::params![
+                finished.to_string(),
+                endpoint.to_string(),
+                function,
+                "success",
+                b"{}".to_vec(),
+                Some(1)
+            ],
+        )
+        .unwrap();
+    }
+    let (store, writer) = open(dir.path());
+    let page = store
+        .pending_page(endpoint, (0, store.task_horizon()), 10)
+        .await
+        .unwrap();
+    assert_eq!(page.len(), 1);
+    assert_eq!(page[0].id, pending);
+    assert_eq!(&page[0].payload[..], b"{\"args\":[1]}");
+    assert_eq!(store.last_done_seq().await.unwrap(), 1);
+    let finished_rows = store
+        .finished_after(Arc::from("alice"), 0, 10)
+        .await
+        .unwrap();
+    assert_eq!(finished_rows.len(), 1);
     close(store, writer);
 }
 
@@ -278,4 +381,53 @@ async fn a_database_from_before_containers_is_migrated_and_containers_are_kept()
         .unwrap();
     assert_eq!(boxed.container, Some(container));
     close(store, writer);
+}
+
+#[test]
+fn rowids_group_into_runs() {
+    let runs = RowRange::runs([3, 4, 5, 9, 10, 2]);
+    let pairs: Vec<(i64, i64)> = runs.iter().map(|r| (r.first, r.last)).collect();
+    assert_eq!(pairs, [(3, 5), (9, 10), (2, 2)]);
+    assert!(RowRange::runs([]).is_empty());
+}
+
+/// The statements run once per task or per poll must not be compiled again at each run:
+/// with STAT4 (as the bundled SQLite is built), SQLite recompiles a statement whenever a
+/// value bound against an indexed column changes, unless the query is written to avoid it.
+#[test]
+fn hot_statements_are_not_recompiled_at_each_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let conn = schema::open_writer(&schema::db_path(dir.path())).unwrap();
+    // Each statement with the kinds of values the store binds: T text, I integer.
+    let statements = [
+        (reads::FINISHED_AFTER, "TII"),
+        (reads::PENDING_PAGE, "TIII"),
+        (writer::MARK_SENT, "IIT"),
+        (writer::MARK_ACCEPTED, "TT"),
+        (writer::LOOKUP, "TT"),
+    ];
+    conn.execute_batch("BEGIN").unwrap();
+    for (sql, kinds) in statements {
+        let mut statement = conn.prepare(sql).unwrap();
+        for i in 0..3i64 {
+            let values: Vec<rusqlite::types::Value> = kinds
+                .chars()
+                .map(|kind| match kind {
+                    'T' => rusqlite::types::Value::from(format!("v{i}")),
+                    _ => rusqlite::types::Value::from(i + 1),
+                })
+                .collect();
+            let values = rusqlite::params_from_iter(values);
+            if sql.trim_start().starts_with("SELECT") {
+                statement.query(values).unwrap().next().unwrap();
+            } else {
+                statement.execute(values).unwrap();
+            }
+        }
+        assert_eq!(
+            statement.get_status(rusqlite::StatementStatus::RePrepare),
+            0,
+            "{sql}"
+        );
+    }
 }

@@ -6,14 +6,18 @@
 //! (state hints such as "sent to the agent") are held back up to [`DEFER_WINDOW`] so that
 //! they ride along with the next write somebody does wait for.
 
-use super::{EndpointRow, FunctionRow, NewTask, ResultFate, StoreError, TokenRow, UserRow};
-use crate::views::{ErrorView, TimingView};
-use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
+mod tasks;
+
+use super::segments::Segments;
+use super::{
+    EndpointRow, FunctionRow, NewTask, ResultFate, RowRange, StoreError, TokenRow, UserRow,
+};
+use rusqlite::{params, Connection, ErrorCode};
 use scifaas_protocol::link::TaskProgress;
 use scifaas_protocol::time::Micros;
-use scifaas_protocol::{
-    Actor, EndpointId, ErrorKind, Outcome, TaskId, TaskResult, TaskState, Transition,
-};
+use scifaas_protocol::{EndpointId, TaskId, TaskResult};
+use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::Arc;
@@ -25,9 +29,19 @@ use tokio::sync::oneshot;
 /// their own.
 const DEFER_WINDOW: Duration = Duration::from_millis(10);
 
+/// A commit holding only results (and hints) that comes this soon after another such
+/// commit waits out the rest of this spacing, taking in what arrives meanwhile (a write a
+/// 2xx waits for ends the wait at once). Under a stream of results this makes one commit
+/// (its WAL frames, its checkpoint share) serve many batches; a lone result, as in a
+/// warm call, follows the commit of its task and is not held.
+const RESULT_COMMIT_SPACING: Duration = Duration::from_millis(1);
+
 /// The most writes one transaction takes, so that one huge burst does not hold every
 /// caller until all of it is applied.
 const MAX_BATCH: usize = 10_000;
+
+#[cfg(test)]
+pub(super) use tasks::{LOOKUP, MARK_ACCEPTED, MARK_SENT};
 
 /// What the writer thread is asked to do.
 pub(crate) enum Command {
@@ -51,7 +65,7 @@ pub(crate) enum WriteOp {
     CreateEndpoint(EndpointRow),
     InsertTasks(Vec<NewTask>),
     MarkSent {
-        task_ids: Vec<TaskId>,
+        rows: Vec<RowRange>,
         at: Micros,
     },
     MarkAccepted {
@@ -86,6 +100,7 @@ impl WriteOp {
 /// What a committed write reports back.
 pub(crate) enum Applied {
     Nothing,
+    Inserted(RowRange),
     Results(Vec<ResultFate>),
 }
 
@@ -103,10 +118,11 @@ impl WriterThread {
     }
 }
 
-/// Starts the writer thread on `conn`. `task_horizon` is kept at the highest rowid of a
-/// committed task.
+/// Starts the writer thread on `conn`, with large payloads in `segments_dir`.
+/// `task_horizon` is kept at the highest rowid of a committed task.
 pub(super) fn spawn(
     conn: Connection,
+    segments_dir: PathBuf,
     task_horizon: Arc<AtomicI64>,
 ) -> Result<(mpsc::Sender<Command>, WriterThread), StoreError> {
     let (last_done_seq, last_rowid): (i64, i64) = conn.query_row(
@@ -115,6 +131,14 @@ pub(super) fn spawn(
         |row| Ok((row.get(0)?, row.get(1)?)),
     )?;
     task_horizon.store(last_rowid, Ordering::SeqCst);
+    let live = conn
+        .prepare(
+            "SELECT segment, COUNT(*) FROM task_payloads WHERE segment IS NOT NULL GROUP BY segment",
+        )?
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+        .collect::<rusqlite::Result<HashMap<i64, i64>>>()?;
+    let segments = Segments::open(segments_dir, live)
+        .map_err(|e| StoreError::Commit(format!("cannot open the payload segments: {e}")))?;
     let (commands, queue) = mpsc::channel();
     let writer = Writer {
         conn,
@@ -123,6 +147,8 @@ pub(super) fn spawn(
         task_horizon,
         // schema.rs opens the connection with synchronous=FULL.
         synced: true,
+        segments,
+        last_unpromised_commit: None,
     };
     let handle = std::thread::Builder::new()
         .name("scifaas-store-writer".into())
@@ -141,6 +167,10 @@ struct Writer {
     task_horizon: Arc<AtomicI64>,
     /// Whether the connection is at synchronous=FULL (else NORMAL).
     synced: bool,
+    /// Where payloads too large for a row go.
+    segments: Segments,
+    /// When the last commit ended, if it held only results and hints.
+    last_unpromised_commit: Option<Instant>,
 }
 
 impl Writer {
@@ -155,8 +185,14 @@ impl Writer {
             stopping = drain(&queue, &mut batch);
             if !stopping && batch.iter().all(|job| job.reply.is_none()) {
                 stopping = wait_for_company(&queue, &mut batch);
+            } else if !stopping && !batch.iter().any(|job| job.op.is_promised_durable()) {
+                if let Some(last) = self.last_unpromised_commit {
+                    stopping = gather_until(&queue, &mut batch, last + RESULT_COMMIT_SPACING);
+                }
             }
+            let promised = batch.iter().any(|job| job.op.is_promised_durable());
             self.commit(batch);
+            self.last_unpromised_commit = (!promised).then(Instant::now);
         }
         tracing::debug!("store writer stopped");
     }
@@ -189,16 +225,23 @@ impl Writer {
             let applied = self.apply_in_savepoint(job.op);
             answers.push((job.reply, applied));
         }
-        if let Err(e) = self.conn.execute_batch("COMMIT") {
-            tracing::error!("store commit failed: {e}");
+        // Payload bytes in segments reach the disk before the rows that refer to them.
+        let committed = self
+            .segments
+            .sync()
+            .map_err(|e| format!("cannot sync a payload segment: {e}"))
+            .and_then(|()| self.conn.execute_batch("COMMIT").map_err(|e| e.to_string()));
+        if let Err(message) = committed {
+            tracing::error!("store commit failed: {message}");
             let _ = self.conn.execute_batch("ROLLBACK");
+            self.segments.rolled_back();
             self.next_done_seq = seq_before;
-            let message = e.to_string();
             for (reply, _) in answers {
                 answer(reply, Err(StoreError::Commit(message.clone())));
             }
             return;
         }
+        self.segments.committed();
         // Published before anyone hears of the commit, so whoever learns that a task is
         // stored also sees a horizon that covers it.
         self.task_horizon
@@ -211,13 +254,18 @@ impl Writer {
     fn apply_in_savepoint(&mut self, op: WriteOp) -> Result<Applied, StoreError> {
         let seq_before = self.next_done_seq;
         self.conn.prepare_cached("SAVEPOINT op")?.execute([])?;
-        match self.apply(op) {
+        let applied = self.apply(op).and_then(|applied| {
+            self.conn.prepare_cached("RELEASE op")?.execute([])?;
+            Ok(applied)
+        });
+        match applied {
             Ok(applied) => {
-                self.conn.prepare_cached("RELEASE op")?.execute([])?;
+                self.segments.write_kept();
                 Ok(applied)
             }
             Err(e) => {
                 let _ = self.conn.execute_batch("ROLLBACK TO op; RELEASE op");
+                self.segments.write_undone();
                 self.next_done_seq = seq_before;
                 Err(e)
             }
@@ -280,8 +328,10 @@ impl Writer {
                         })
                     })?;
             }
-            WriteOp::InsertTasks(tasks) => self.insert_tasks(&tasks)?,
-            WriteOp::MarkSent { task_ids, at } => self.mark_sent(&task_ids, at)?,
+            WriteOp::InsertTasks(tasks) => {
+                return Ok(Applied::Inserted(self.insert_tasks(&tasks)?))
+            }
+            WriteOp::MarkSent { rows, at } => self.mark_sent(&rows, at)?,
             WriteOp::MarkAccepted {
                 endpoint_id,
                 task_ids,
@@ -308,195 +358,6 @@ impl Writer {
         }
         Ok(Applied::Nothing)
     }
-
-    fn insert_tasks(&mut self, tasks: &[NewTask]) -> Result<(), StoreError> {
-        let mut insert = self.conn.prepare_cached(
-            "INSERT INTO tasks (id, owner, endpoint_id, function_id, state, payload, transitions, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )?;
-        for task in tasks {
-            let received = [Transition {
-                state: TaskState::Received,
-                at: task.received_at,
-                actor: Actor::Service,
-            }];
-            insert.execute(params![
-                task.id.to_string(),
-                &*task.owner,
-                task.endpoint_id.to_string(),
-                task.function_id.to_string(),
-                TaskState::Received.as_str(),
-                &task.payload[..],
-                to_json(&received),
-                task.received_at,
-            ])?;
-            self.inserted_up_to = self.inserted_up_to.max(self.conn.last_insert_rowid());
-        }
-        Ok(())
-    }
-
-    fn mark_sent(&mut self, task_ids: &[TaskId], at: Micros) -> Result<(), StoreError> {
-        // Only a task still in `received` moves: a fast agent may already have moved it
-        // further by the time this deferred write is applied.
-        let stamp = to_json(&Transition {
-            state: TaskState::WaitingForEndpoint,
-            at,
-            actor: Actor::Service,
-        });
-        let mut update = self.conn.prepare_cached(
-            "UPDATE tasks SET state = ?2, transitions = json_insert(transitions, '$[#]', json(?3))
-             WHERE id = ?1 AND state = ?4",
-        )?;
-        for id in task_ids {
-            update.execute(params![
-                id.to_string(),
-                TaskState::WaitingForEndpoint.as_str(),
-                stamp,
-                TaskState::Received.as_str(),
-            ])?;
-        }
-        Ok(())
-    }
-
-    /// Moves tasks the agent has journaled to `waiting-for-nodes`, unless they are
-    /// further along. Only the state moves: the agent's own stamp of this transition
-    /// (its clock, its journal time) arrives with the task's result.
-    fn mark_accepted(
-        &mut self,
-        endpoint_id: EndpointId,
-        task_ids: &[TaskId],
-    ) -> Result<(), StoreError> {
-        let mut update = self.conn.prepare_cached(
-            "UPDATE tasks SET state = ?3 WHERE id = ?1 AND endpoint_id = ?2 AND state IN (?4, ?5)",
-        )?;
-        for id in task_ids {
-            update.execute(params![
-                id.to_string(),
-                endpoint_id.to_string(),
-                TaskState::WaitingForNodes.as_str(),
-                TaskState::Received.as_str(),
-                TaskState::WaitingForEndpoint.as_str(),
-            ])?;
-        }
-        Ok(())
-    }
-
-    /// Records a transition of a task in flight, unless the very same stamp (state, time,
-    /// actor) is already there: the agent re-sends what its journal holds after a
-    /// reconnect, while a retried task may legitimately pass through a state twice. The
-    /// task's state moves forward only, never back and never to a terminal state
-    /// (results do that).
-    fn advance(
-        &mut self,
-        endpoint_id: EndpointId,
-        task_id: TaskId,
-        stamp: Transition,
-    ) -> Result<(), StoreError> {
-        let Some((state, mut transitions)) = self.lookup(endpoint_id, task_id)? else {
-            return Ok(());
-        };
-        if state.is_terminal() || stamp.state.is_terminal() {
-            return Ok(());
-        }
-        if transitions.contains(&stamp) {
-            return Ok(());
-        }
-        transitions.push(stamp);
-        let new_state = state.max(stamp.state);
-        self.conn
-            .prepare_cached("UPDATE tasks SET state = ?2, transitions = ?3 WHERE id = ?1")?
-            .execute(params![
-                task_id.to_string(),
-                new_state.as_str(),
-                to_json(&transitions)
-            ])?;
-        Ok(())
-    }
-
-    /// State and transitions of a task of this endpoint.
-    fn lookup(
-        &mut self,
-        endpoint_id: EndpointId,
-        task_id: TaskId,
-    ) -> Result<Option<(TaskState, Vec<Transition>)>, StoreError> {
-        let row: Option<(String, String)> = self
-            .conn
-            .prepare_cached(
-                "SELECT state, transitions FROM tasks WHERE id = ?1 AND endpoint_id = ?2",
-            )?
-            .query_row(
-                params![task_id.to_string(), endpoint_id.to_string()],
-                |row| Ok((row.get(0)?, row.get(1)?)),
-            )
-            .optional()?;
-        let Some((state, transitions)) = row else {
-            return Ok(None);
-        };
-        let Some(state) = TaskState::parse(&state) else {
-            tracing::warn!(%task_id, state, "task has an unknown state in the store");
-            return Ok(None);
-        };
-        let transitions = serde_json::from_str(&transitions).unwrap_or_default();
-        Ok(Some((state, transitions)))
-    }
-
-    fn store_result(
-        &mut self,
-        endpoint_id: EndpointId,
-        result: &TaskResult,
-        completed_at: Micros,
-    ) -> Result<ResultFate, StoreError> {
-        let task_id = result.task_id;
-        let Some((state, mut transitions)) = self.lookup(endpoint_id, task_id)? else {
-            return Ok(ResultFate::Unknown);
-        };
-        if state.is_terminal() {
-            return Ok(ResultFate::AlreadyFinished);
-        }
-        for stamp in &result.transitions {
-            if !transitions.contains(stamp) {
-                transitions.push(*stamp);
-            }
-        }
-        let final_state = match &result.outcome {
-            Outcome::Success(_) => TaskState::Success,
-            Outcome::Failure(e) if e.kind == ErrorKind::Cancelled => TaskState::Cancelled,
-            Outcome::Failure(_) => TaskState::Failed,
-        };
-        if !transitions.iter().any(|t| t.state.is_terminal()) {
-            transitions.push(Transition {
-                state: final_state,
-                at: completed_at,
-                actor: Actor::Service,
-            });
-        }
-        let (value, error) = match &result.outcome {
-            Outcome::Success(bytes) => (Some(&bytes[..]), None),
-            Outcome::Failure(e) => (None, Some(to_json(&ErrorView::from(e)))),
-        };
-        let timing = TimingView::new(&result.timing, completed_at);
-        let done_seq = self.next_done_seq;
-        self.conn
-            .prepare_cached(
-                "UPDATE tasks SET state = ?2, result = ?3, error = ?4, stdout = ?5, stderr = ?6,
-                    transitions = ?7, timing = ?8, completed_at = ?9, done_seq = ?10
-                 WHERE id = ?1",
-            )?
-            .execute(params![
-                task_id.to_string(),
-                final_state.as_str(),
-                value,
-                error,
-                result.stdout,
-                result.stderr,
-                to_json(&transitions),
-                to_json(&timing),
-                completed_at,
-                done_seq,
-            ])?;
-        self.next_done_seq += 1;
-        Ok(ResultFate::Stored { done_seq })
-    }
 }
 
 /// Moves every write already queued into `batch`; true when a stop was among them.
@@ -522,6 +383,29 @@ fn wait_for_company(queue: &Receiver<Command>, batch: &mut Vec<Job>) -> bool {
                 let durable = job.reply.is_some();
                 batch.push(job);
                 if durable {
+                    return drain(queue, batch);
+                }
+            }
+            Ok(Command::Stop) | Err(RecvTimeoutError::Disconnected) => return true,
+            Err(RecvTimeoutError::Timeout) => return false,
+        }
+    }
+    false
+}
+
+/// Takes writes into `batch` until `deadline`, or until one that a 2xx waits for arrives
+/// (then everything queued with it); true when told to stop.
+fn gather_until(queue: &Receiver<Command>, batch: &mut Vec<Job>, deadline: Instant) -> bool {
+    while batch.len() < MAX_BATCH {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return drain(queue, batch);
+        }
+        match queue.recv_timeout(left) {
+            Ok(Command::Write(job)) => {
+                let promised = job.op.is_promised_durable();
+                batch.push(job);
+                if promised {
                     return drain(queue, batch);
                 }
             }

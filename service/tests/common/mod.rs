@@ -32,6 +32,7 @@ pub async fn start_service(dir: &Path) -> RunningService {
         data_dir: dir.to_path_buf(),
         max_payload_bytes: TEST_LIMIT,
         max_result_bytes: TEST_LIMIT,
+        tls: None,
     })
     .await
     .expect("the service starts")

@@ -8,7 +8,7 @@ fn unknown_keys_name_their_line_and_the_valid_keys() {
         "display_name: x\nworkers: 3\n",
         2,
         "workers",
-        "unknown key; valid keys here: display_name, service_url, engine, provider, strategy",
+        "unknown key; valid keys here: display_name, service_url, service_ca, engine, provider, strategy",
     );
     assert_error(
         "engine:\n  cores_per_worker: 1\n  max_workers: 4\n",
