@@ -81,7 +81,20 @@ fn a_two_node_block_runs_one_manager_per_node_and_uses_both() {
         "  walltime: \"00:10:00\"\n  init_blocks: 1\n",
     );
     let _agent = stack.start_endpoint("pair");
-    let view = wait_block_up(&stack, "pair", "block-0", Duration::from_secs(120));
+    wait_block_up(&stack, "pair", "block-0", Duration::from_secs(120));
+    // Node workers come from the interchange's periodic snapshot, which may lag the
+    // registration by up to one status period: wait (bounded) for it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let view = loop {
+        let view = wait_block_up(&stack, "pair", "block-0", Duration::from_secs(10));
+        let reported = block(&view, "block-0").unwrap()["nodes"]
+            .as_array()
+            .is_some_and(|nodes| nodes.iter().all(|n| n["workers"] != 0));
+        if reported || std::time::Instant::now() > deadline {
+            break view;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
     let block0 = block(&view, "block-0").unwrap();
     let job = block0["job_id"].as_str().unwrap().to_owned();
     let hosts: BTreeSet<String> = nodes_in(block0, "up").into_iter().collect();
