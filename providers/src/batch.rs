@@ -376,6 +376,15 @@ pub(crate) fn comma_list(ids: &[JobId]) -> String {
         .join(",")
 }
 
+/// `block` with its directory made absolute: batch schedulers run the script from
+/// another working directory, and the script's options name files in that directory.
+pub(crate) fn with_absolute_dir(block: &BlockRequest) -> BlockRequest {
+    BlockRequest {
+        dir: absolute(&block.dir),
+        ..block.clone()
+    }
+}
+
 /// `dir` made absolute, for scheduler options that name files (run from another cwd).
 pub(crate) fn absolute(dir: &Path) -> PathBuf {
     std::path::absolute(dir).unwrap_or_else(|_| dir.to_owned())

@@ -104,10 +104,7 @@ impl Provider for CobaltProvider {
                 message: "Cobalt's qsub needs a walltime (-t); set provider.walltime".to_owned(),
             });
         };
-        let block = BlockRequest {
-            dir: batch::absolute(&block.dir),
-            ..block.clone()
-        };
+        let block = batch::with_absolute_dir(block);
         let mut log_prefix = PathBuf::new();
         let script = batch::write_script(
             &self.template,

@@ -148,10 +148,7 @@ impl Provider for PbsProvider {
     }
 
     fn submit(&self, block: &BlockRequest) -> Result<JobId, ProviderError> {
-        let block = BlockRequest {
-            dir: batch::absolute(&block.dir),
-            ..block.clone()
-        };
+        let block = batch::with_absolute_dir(block);
         let script = batch::write_script(
             &self.template,
             &self.launcher,

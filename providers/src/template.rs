@@ -53,31 +53,19 @@ impl ScriptTemplate {
 
     /// Reads and compiles the template at `path` (an endpoint's `script_template`).
     pub fn from_file(path: &Path) -> Result<Self, ProviderError> {
-        let source = std::fs::read_to_string(path).map_err(|source| ProviderError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::compile(path.display().to_string(), &source)
+        Self::compile(path.display().to_string(), &read_template(path)?)
     }
 
     /// Compiles `source`; `origin` names it in errors (a path, or `built-in NAME`).
     pub fn compile(origin: impl Into<String>, source: &str) -> Result<Self, ProviderError> {
         let origin = origin.into();
-        let mut registry = Handlebars::new();
-        registry.set_strict_mode(true);
-        registry.register_escape_fn(handlebars::no_escape);
-        registry.register_helper("shell_quote", Box::new(shell_quote_helper));
-        registry
-            .register_template_string(NAME, source)
-            .map_err(|e| ProviderError::Template {
-                template: origin.clone(),
-                message: match e.pos() {
-                    Some((line, column)) => {
-                        format!("line {line}, column {column}: {}", e.reason())
-                    }
-                    None => e.reason().to_string(),
-                },
-            })?;
+        let registry = strict_registry(
+            &origin,
+            NAME,
+            source,
+            "shell_quote",
+            Box::new(shell_quote_helper),
+        )?;
         Ok(Self { registry, origin })
     }
 
@@ -153,6 +141,40 @@ fn shell_quote_helper(
     };
     out.write(&text)?;
     Ok(())
+}
+
+/// The text of a template file (an endpoint's override).
+pub(crate) fn read_template(path: &Path) -> Result<String, ProviderError> {
+    std::fs::read_to_string(path).map_err(|source| ProviderError::Io {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// A handlebars registry holding `source` as `name`: strict (a missing variable is an
+/// error), no HTML escaping, with one `helper`. A syntax error names `origin`, the line
+/// and the column.
+pub(crate) fn strict_registry(
+    origin: &str,
+    name: &str,
+    source: &str,
+    helper_name: &str,
+    helper: Box<dyn handlebars::HelperDef + Send + Sync + 'static>,
+) -> Result<Handlebars<'static>, ProviderError> {
+    let mut registry = Handlebars::new();
+    registry.set_strict_mode(true);
+    registry.register_escape_fn(handlebars::no_escape);
+    registry.register_helper(helper_name, helper);
+    registry
+        .register_template_string(name, source)
+        .map_err(|e| ProviderError::Template {
+            template: origin.to_owned(),
+            message: match e.pos() {
+                Some((line, column)) => format!("line {line}, column {column}: {}", e.reason()),
+                None => e.reason().to_string(),
+            },
+        })?;
+    Ok(registry)
 }
 
 #[cfg(test)]

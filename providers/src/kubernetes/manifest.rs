@@ -12,7 +12,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::error::ProviderError;
-use crate::template::shell_quote;
+use crate::template::{read_template, shell_quote, strict_registry};
 use crate::BlockRequest;
 
 use super::KubernetesOptions;
@@ -184,29 +184,13 @@ impl PodTemplate {
 
     /// Reads and compiles the template at `path` (an endpoint's `pod_template`).
     pub fn from_file(path: &Path) -> Result<Self, ProviderError> {
-        let source = std::fs::read_to_string(path).map_err(|source| ProviderError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::compile(path.display().to_string(), &source)
+        Self::compile(path.display().to_string(), &read_template(path)?)
     }
 
     /// Compiles `source`; `origin` names it in errors (a path, or `built-in NAME`).
     pub fn compile(origin: impl Into<String>, source: &str) -> Result<Self, ProviderError> {
         let origin = origin.into();
-        let mut registry = Handlebars::new();
-        registry.set_strict_mode(true);
-        registry.register_escape_fn(handlebars::no_escape);
-        registry.register_helper("json", Box::new(json_helper));
-        registry
-            .register_template_string(NAME, source)
-            .map_err(|e| ProviderError::Template {
-                template: origin.clone(),
-                message: match e.pos() {
-                    Some((line, column)) => format!("line {line}, column {column}: {}", e.reason()),
-                    None => e.reason().to_string(),
-                },
-            })?;
+        let registry = strict_registry(&origin, NAME, source, "json", Box::new(json_helper))?;
         Ok(Self { registry, origin })
     }
 
