@@ -85,7 +85,7 @@ fn dispatch(c: &mut Criterion) {
             secret: SECRET.into(),
             heartbeat_period: Duration::from_secs(60),
             heartbeat_threshold: Duration::from_secs(600),
-            prefetch: 0,
+            prefetch: scifaas_agent::prefetch::Prefetch::Fixed(0),
             max_retries_on_system_failure: 0,
         },
         events_tx,

@@ -17,6 +17,7 @@ mod tagged;
 #[cfg(test)]
 mod tests;
 
+use crate::prefetch::Prefetch;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -91,9 +92,10 @@ pub struct EngineConfig {
     /// Cores each worker counts as, for the default worker count (default 1; 0.5 gives two
     /// workers per core).
     pub cores_per_worker: f64,
-    /// Tasks a manager may hold beyond its free workers, to hide dispatch latency
-    /// (default 0).
-    pub prefetch_capacity: u32,
+    /// Tasks a manager may hold beyond its workers, to hide the dispatch round trip:
+    /// a number, or `auto` (the default), sized from how long tasks run
+    /// ([`crate::prefetch`]).
+    pub prefetch_capacity: Prefetch,
     /// How often managers and interchange prove they are alive (default 30s).
     #[serde(deserialize_with = "duration::required")]
     pub heartbeat_period: Duration,
@@ -142,7 +144,7 @@ impl Default for EngineConfig {
         Self {
             max_workers_per_node: None,
             cores_per_worker: 1.0,
-            prefetch_capacity: 0,
+            prefetch_capacity: Prefetch::Auto,
             heartbeat_period: Duration::from_secs(30),
             heartbeat_threshold: Duration::from_secs(120),
             max_retries_on_system_failure: 0,

@@ -1,12 +1,14 @@
 //! The interchange: a ZeroMQ ROUTER that managers connect to. It keeps the queue of
 //! tasks waiting for a worker, dispatches them in batches by each manager's free
-//! capacity (workers + prefetch - outstanding), tracks heartbeats, and turns a lost
-//! manager's tasks into retries or failures.
+//! capacity (workers + prefetch - outstanding; idle workers everywhere first, then the
+//! prefetch, see [`crate::prefetch`]), tracks heartbeats, and turns a lost manager's
+//! tasks into retries or failures.
 //!
 //! It runs on its own thread (ZeroMQ sockets are not async). The agent talks to it
 //! through an [`InterchangeHandle`]: commands go in over a channel plus an inproc wake-up
 //! socket, events come out on a tokio channel.
 
+use crate::prefetch::Prefetch;
 use scifaas_protocol::interchange::{InterchangeMessage, ManagerMessage, Registration};
 use scifaas_protocol::link::ManagerStatus;
 use scifaas_protocol::time::{now_micros, Micros};
@@ -31,7 +33,7 @@ pub struct InterchangeConfig {
     pub heartbeat_period: Duration,
     pub heartbeat_threshold: Duration,
     /// Tasks a manager may hold beyond its worker count.
-    pub prefetch: u32,
+    pub prefetch: Prefetch,
     /// How often a task lost with its manager is run again before it fails.
     pub max_retries_on_system_failure: u32,
 }
@@ -147,6 +149,7 @@ pub fn start(
         router,
         queue: VecDeque::new(),
         managers: HashMap::new(),
+        mean_run_us: None,
         events,
         last_status: Instant::now() - Duration::from_secs(3600),
     };
@@ -224,6 +227,7 @@ impl Manager {
         }
     }
 
+    /// Tasks this manager may be sent now, holding `prefetch` beyond its workers.
     fn free_capacity(&self, prefetch: u32) -> usize {
         if self.draining {
             return 0;
@@ -239,9 +243,15 @@ struct Interchange {
     queue: VecDeque<(TaskSpec, Micros)>,
     /// Keyed by the manager's ZeroMQ identity.
     managers: HashMap<Vec<u8>, Manager>,
+    /// Moving mean of how long tasks ran in their workers, in microseconds (sizes an
+    /// `auto` prefetch).
+    mean_run_us: Option<f64>,
     events: UnboundedSender<InterchangeEvent>,
     last_status: Instant,
 }
+
+/// The weight of the newest task in the moving mean of task run times.
+const RUN_TIME_WEIGHT: f64 = 0.05;
 
 /// How often the interchange reports a status snapshot.
 const STATUS_PERIOD: Duration = Duration::from_millis(500);
@@ -347,6 +357,12 @@ impl Interchange {
                         continue;
                     };
                     prepend_queue_transitions(&mut result, &dispatched);
+                    let timing = &result.timing;
+                    if timing.exec_start > 0 && timing.exec_end >= timing.exec_start {
+                        let run = (timing.exec_end - timing.exec_start) as f64;
+                        let mean = self.mean_run_us.get_or_insert(run);
+                        *mean += (run - *mean) * RUN_TIME_WEIGHT;
+                    }
                     results.push(result);
                 }
             }
@@ -471,22 +487,50 @@ impl Interchange {
         if self.queue.is_empty() {
             return;
         }
-        let prefetch = self.config.prefetch;
+        let now = now_micros();
+        let mut batches: HashMap<Vec<u8>, Vec<TaskSpec>> = HashMap::new();
+        // Idle workers everywhere first, then the prefetch: a burst fills every free
+        // worker before any manager holds tasks it cannot start yet.
+        self.fill(&mut batches, now, false, |_| 0);
+        let (prefetch, mean_run_us) = (self.config.prefetch, self.mean_run_us);
+        self.fill(&mut batches, now, true, |m| {
+            prefetch.capacity(m.registration.workers, mean_run_us)
+        });
+        self.send_batches(batches);
+    }
+
+    /// Adds queued tasks to `batches` up to each manager's free capacity, holding
+    /// `prefetch(manager)` tasks beyond its workers (a task is outstanding from the
+    /// moment it joins a batch). `spread`: no manager takes more than an even share of
+    /// the queue, so that tasks held ahead wait behind as few busy workers as possible.
+    fn fill(
+        &mut self,
+        batches: &mut HashMap<Vec<u8>, Vec<TaskSpec>>,
+        now: Micros,
+        spread: bool,
+        prefetch: impl Fn(&Manager) -> u32,
+    ) {
+        if self.queue.is_empty() {
+            return;
+        }
         let mut order: Vec<(usize, Vec<u8>)> = self
             .managers
             .iter()
-            .map(|(id, m)| (m.free_capacity(prefetch), id.clone()))
+            .map(|(id, m)| (m.free_capacity(prefetch(m)), id.clone()))
             .filter(|(free, _)| *free > 0)
             .collect();
         if order.is_empty() {
             return;
         }
-        let now = now_micros();
-        let mut batches: HashMap<Vec<u8>, Vec<TaskSpec>> = HashMap::new();
-        self.dispatch_to_warm(&mut order, &mut batches, now);
+        self.dispatch_to_warm(&mut order, batches, now);
         // Then in queue order, most free capacity first, so a burst spreads over idle
         // managers.
         order.sort_unstable_by_key(|entry| std::cmp::Reverse(entry.0));
+        let share = if spread {
+            self.queue.len().div_ceil(order.len())
+        } else {
+            usize::MAX
+        };
         for (free, identity) in order {
             if self.queue.is_empty() {
                 break;
@@ -495,9 +539,13 @@ impl Interchange {
                 continue;
             }
             let manager = self.managers.get_mut(&identity).expect("present");
-            let batch = take_fitting(&mut self.queue, free, manager, now);
+            let batch = take_fitting(&mut self.queue, free.min(share), manager, now);
             batches.entry(identity).or_default().extend(batch);
         }
+    }
+
+    /// Sends each manager its batch, one message per manager.
+    fn send_batches(&mut self, batches: HashMap<Vec<u8>, Vec<TaskSpec>>) {
         for (identity, batch) in batches {
             if batch.is_empty() {
                 continue;

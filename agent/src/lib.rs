@@ -13,4 +13,5 @@ pub mod endpoint;
 pub mod interchange;
 pub mod journal;
 pub mod link;
+pub mod prefetch;
 pub mod settings;

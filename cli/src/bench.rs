@@ -174,27 +174,49 @@ async fn measure_all(
             api.invoke(ep, &hello, hello_doc.clone(), 60).await?;
         }
         let mut samples = Vec::with_capacity(p.lat_n);
+        let mut task_ids = Vec::with_capacity(p.lat_n);
         let deadline = Instant::now() + p.max_measure;
         for _ in 0..p.lat_n {
             let t0 = Instant::now();
-            let (status, _, body) = api.invoke(ep, &hello, hello_doc.clone(), 60).await?;
+            let (status, task_id, body) = api.invoke(ep, &hello, hello_doc.clone(), 60).await?;
             samples.push(t0.elapsed().as_secs_f64() * 1e3);
             if !status.is_success() || &body[..] != b"\"hello-world\"" {
                 bail!("warm call answered {status}");
             }
+            task_ids.extend(task_id);
             if Instant::now() > deadline {
                 break;
             }
         }
         out["latency"] = serde_json::to_value(summarize(&samples))?;
         out["latency"]["warmup"] = json!(p.lat_warmup);
+        // Where a round trip's time goes, from the stamps of (at most) 200 of the calls,
+        // read after the timing so the reads do not disturb it.
+        let mut hops = hops::Hops::default();
+        let step = (task_ids.len() / 200).max(1);
+        for id in task_ids.iter().step_by(step) {
+            hops.add(&api.task(id, None).await?);
+        }
+        out["latency"]["hops"] = hops.summary();
     }
 
     if p.noop_n > 0 {
         tokio::time::sleep(p.settle).await;
         let noop = api.register_function("noop", NOOP).await?;
         let args: Vec<String> = (0..p.noop_n).map(|i| format!("[{i}]")).collect();
-        let figures = throughput(api, ep, &noop, &args, p.max_measure).await?;
+        let mut figures = throughput(api, ep, &noop, &args, p.max_measure).await?;
+        // Every argument came back once: the results are 0..n in some order.
+        let mut seen: Vec<u64> = figures["results"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r.as_str()?.parse().ok())
+            .collect();
+        seen.sort_unstable();
+        let all_back =
+            seen.len() == p.noop_n && seen.iter().enumerate().all(|(i, &r)| r == i as u64);
+        figures["correct"] = json!(figures["correct"].as_bool() == Some(true) && all_back);
+        figures.as_object_mut().map(|o| o.remove("results"));
         out["noop"] = figures;
     }
 
@@ -207,6 +229,7 @@ async fn measure_all(
         let total = figures["total_s"].as_f64().unwrap_or(f64::NAN);
         figures["ideal_s"] = json!(ideal);
         figures["efficiency"] = json!(ideal / total);
+        figures.as_object_mut().map(|o| o.remove("results"));
         out["sleep"] = figures;
     }
 

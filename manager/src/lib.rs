@@ -13,10 +13,13 @@
 //! ([`run::Manager`]); each worker slot is a thread that owns one worker process
 //! ([`slot`]). Slots report back over a channel and wake the main thread through an
 //! inproc ZeroMQ socket, so one `zmq::poll` waits for both the interchange and the slots.
+//! Tasks the interchange prefetched are lined up behind busy workers of their kind
+//! ([`ready`]), so a slot goes from one task to the next without the main thread.
 
 mod failures;
 mod node;
 mod pool;
+mod ready;
 mod run;
 mod slot;
 

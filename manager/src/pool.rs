@@ -88,6 +88,14 @@ impl Pool {
         self.slots.iter().filter(|s| s.busy.is_some()).count()
     }
 
+    /// Busy slots whose worker is of `kind`: how many tasks of that kind may line up.
+    pub fn busy_of_kind(&self, kind: &WorkerKind) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| s.busy.is_some() && s.kind.as_ref() == Some(kind))
+            .count()
+    }
+
     /// The slot a task of `kind` should go to now, if any. `failing`: that kind failed
     /// to start recently. `queued` counts the other queued tasks by kind, so that a
     /// switch spares a worker they will want.

@@ -4,17 +4,18 @@
 use crate::failures::StartFailures;
 use crate::node::node_name;
 use crate::pool::{Placement, Pool, Running, WorkerKind};
+use crate::ready::ReadyQueue;
 use crate::slot::{spawn_slot, SlotEvent, SlotHandle, SlotOrder, SlotShared};
 use anyhow::{bail, Context};
 use scifaas_protocol::interchange::{InterchangeMessage, ManagerMessage, Registration};
 use scifaas_protocol::time::now_micros;
 use scifaas_protocol::{
     decode, decode_message, encode, BlockId, ContainerSpec, ErrorKind, ManagerId, TaskError,
-    TaskResult, TaskSpec, PROTOCOL_VERSION,
+    TaskId, TaskResult, TaskSpec, PROTOCOL_VERSION,
 };
 use scifaas_worker::{ContainerRuntimes, WorkerCommand};
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
@@ -189,6 +190,8 @@ pub fn run(config: ManagerConfig) -> anyhow::Result<()> {
         failures: Arc::new(StartFailures::new(config.start_retry_after)),
         switches: Arc::new(AtomicU64::new(0)),
         host: node,
+        ready: Arc::new(ReadyQueue::default()),
+        stopping: Arc::new(AtomicBool::new(false)),
     };
     let default_kind = WorkerKind(config.default_container.clone());
     let slots: Vec<SlotHandle> = (0..workers as usize)
@@ -221,6 +224,7 @@ pub fn run(config: ManagerConfig) -> anyhow::Result<()> {
         default_kind,
         idle_timeout: config.worker_idle_timeout,
         queue: VecDeque::new(),
+        lined_up: HashMap::new(),
         period,
         threshold,
         last_heard: Instant::now(),
@@ -243,6 +247,9 @@ struct Manager {
     idle_timeout: Option<Duration>,
     /// Tasks received beyond the free slots (the interchange's prefetch).
     queue: VecDeque<TaskSpec>,
+    /// The walltimes of the tasks lined up in the ready queue (or taken from it by a
+    /// slot that has not reported it yet).
+    lined_up: HashMap<TaskId, Option<Duration>>,
     period: Duration,
     threshold: Duration,
     last_heard: Instant,
@@ -356,9 +363,23 @@ impl Manager {
         let mut results = Vec::new();
         while let Ok(event) = events.try_recv() {
             match event {
-                SlotEvent::Done { slot, result, kind } => {
-                    self.pool.on_done(slot, kind);
+                SlotEvent::Done {
+                    slot,
+                    result,
+                    kind,
+                    next,
+                } => {
+                    self.pool.on_done(slot, kind.clone());
                     results.push(result);
+                    if let (Some(task_id), Some(kind)) = (next, kind) {
+                        let walltime = self.lined_up.remove(&task_id).flatten();
+                        let running = Running {
+                            task_id,
+                            deadline: walltime.map(|w| Instant::now() + w),
+                            walltime,
+                        };
+                        self.pool.assign(slot, &kind, Placement::Warm, running);
+                    }
                 }
                 SlotEvent::Started { slot } => {
                     // The container start is behind it: the task's walltime runs from now.
@@ -393,9 +414,46 @@ impl Manager {
         }
     }
 
-    /// Hands queued tasks to slots ([`Pool::choose`]), oldest first; a task that must
-    /// wait for a worker of its container lets later tasks of other containers pass.
+    /// Hands queued tasks to free slots, then lines up what is left behind busy workers.
     fn dispatch(&mut self) {
+        // Tasks still lined up come back first: they are the oldest, and one may now
+        // be better placed on a free slot.
+        let back = self.shared.ready.drain();
+        for (task, _) in back.into_iter().rev() {
+            self.lined_up.remove(&task.task_id);
+            self.queue.push_front(task);
+        }
+        self.dispatch_to_free_slots();
+        self.line_up();
+    }
+
+    /// Lines up queued tasks behind busy workers of their kind, at most one per worker.
+    fn line_up(&mut self) {
+        if self.queue.is_empty() || self.draining {
+            return;
+        }
+        let mut room: HashMap<WorkerKind, usize> = HashMap::new();
+        let mut i = 0;
+        while i < self.queue.len() {
+            let kind = self.kind_of(&self.queue[i]);
+            let left = room
+                .entry(kind.clone())
+                .or_insert_with(|| self.pool.busy_of_kind(&kind));
+            if *left == 0 || self.shared.failures.recent(&kind).is_some() {
+                i += 1;
+                continue;
+            }
+            *left -= 1;
+            let task = self.queue.remove(i).expect("index within the queue");
+            self.lined_up
+                .insert(task.task_id, task.walltime_ms.map(Duration::from_millis));
+            self.shared.ready.push(task, kind);
+        }
+    }
+
+    /// Hands queued tasks to free slots ([`Pool::choose`]), oldest first; a task that
+    /// must wait for a worker of its container lets later tasks of other containers pass.
+    fn dispatch_to_free_slots(&mut self) {
         let mut queued: HashMap<WorkerKind, usize> = HashMap::new();
         for task in &self.queue {
             *queued.entry(self.kind_of(task)).or_default() += 1;
@@ -501,7 +559,7 @@ impl Manager {
     }
 
     fn idle(&self) -> bool {
-        self.queue.is_empty() && self.pool.busy_count() == 0
+        self.queue.is_empty() && self.lined_up.is_empty() && self.pool.busy_count() == 0
     }
 
     fn send(&mut self, message: &ManagerMessage) -> anyhow::Result<()> {
@@ -514,6 +572,7 @@ impl Manager {
 
     fn stop(self) {
         // Closing the task channels ends the slot threads, which kill their workers.
+        self.shared.stopping.store(true, Ordering::Release);
         let Manager { slots, .. } = self;
         for slot in slots {
             // A slot stuck in a long task would block its thread: kill the worker first.

@@ -5,7 +5,10 @@
 
 use crate::failures::StartFailures;
 use crate::pool::WorkerKind;
-use scifaas_protocol::{Actor, ErrorKind, TaskError, TaskResult, TaskSpec, TaskState, Transition};
+use crate::ready::ReadyQueue;
+use scifaas_protocol::{
+    Actor, ErrorKind, TaskError, TaskId, TaskResult, TaskSpec, TaskState, Transition,
+};
 use scifaas_worker::{ContainerRuntimes, Worker, WorkerCommand, WorkerKiller};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
@@ -29,11 +32,13 @@ pub enum SlotOrder {
 /// What a slot tells the main thread.
 #[allow(clippy::large_enum_variant)] // as for SlotOrder
 pub enum SlotEvent {
-    /// A task is finished; the slot now holds a worker of `kind` (`None`: no worker).
+    /// A task is finished; the slot now holds a worker of `kind` (`None`: no worker),
+    /// and runs `next` on it, a task it took from the ready queue (`None`: it is free).
     Done {
         slot: usize,
         result: TaskResult,
         kind: Option<WorkerKind>,
+        next: Option<TaskId>,
     },
     /// The slot had to start a worker for its task, which runs from now on (its walltime
     /// starts now).
@@ -50,6 +55,11 @@ pub struct SlotShared {
     /// Workers retired to make room for another container's (exposed in heartbeats).
     pub switches: Arc<AtomicU64>,
     pub host: String,
+    /// Tasks lined up behind busy workers.
+    pub ready: Arc<ReadyQueue>,
+    /// Set when the manager stops: a slot then takes no further task and does not
+    /// replace a worker that died.
+    pub stopping: Arc<AtomicBool>,
 }
 
 /// The main thread's handle on a slot.
@@ -139,27 +149,41 @@ impl SlotState {
         if self.start(&initial).is_err() && !send(SlotEvent::Empty { slot: self.slot }) {
             return;
         }
-        for order in orders {
-            let (task, kind) = match order {
-                SlotOrder::Retire => {
-                    self.retire("idle");
-                    continue;
-                }
-                SlotOrder::Run { task, kind } => (task, kind),
+        let mut next: Option<(TaskSpec, WorkerKind)> = None;
+        loop {
+            let (task, kind) = match next.take() {
+                Some(lined_up) => lined_up,
+                None => match orders.recv() {
+                    Ok(SlotOrder::Retire) => {
+                        self.retire("idle");
+                        continue;
+                    }
+                    Ok(SlotOrder::Run { task, kind }) => (task, kind),
+                    Err(_) => break,
+                },
             };
             let result = self.run(&task, &kind, &send);
             let holds = self.current.as_ref().map(|(k, _)| k.clone());
             let lost_worker = holds.is_none() && result.1;
+            let stopping = self.shared.stopping.load(Ordering::Acquire);
+            // The next task of the kind this worker serves, taken before the report so
+            // that the report says which task the slot is busy with now.
+            next = match &holds {
+                Some(kind) if !stopping => self.shared.ready.take(kind).map(|t| (t, kind.clone())),
+                _ => None,
+            };
             if !send(SlotEvent::Done {
                 slot: self.slot,
                 result: result.0,
                 kind: holds,
+                next: next.as_ref().map(|(t, _)| t.task_id),
             }) {
                 break;
             }
             // Replace a worker that died after its result went out, so that the next
             // task finds one warm; a replacement that fails leaves the slot empty.
             if lost_worker
+                && !stopping
                 && self.start(&kind).is_err()
                 && !send(SlotEvent::Empty { slot: self.slot })
             {

@@ -89,9 +89,17 @@ fn preview(json: &str) -> String {
     }
 }
 
-/// Stores the tasks (state `received`) and, once they are durable, hands them to the
-/// endpoint's agent if one is connected (stamping `waiting-for-endpoint`). Runs to the end
-/// even if the caller hangs up meanwhile, so that a stored task is never left unsent.
+/// Stores the tasks (state `received`) and hands them to the endpoint's agent if one is
+/// connected (stamping `waiting-for-endpoint`); answers once they are durable. Runs to the
+/// end even if the caller hangs up meanwhile, so that a stored task is never left unsent.
+///
+/// The hand-off does not wait for the commit: the task runs while its row is synced, which
+/// takes the fsync off a call's round trip. That is safe because the store's writer
+/// applies operations in the order they are queued, and the insert is queued before the
+/// agent can hear of the task: its acceptance and its result are applied after the row
+/// exists. Should the commit fail, the caller gets an error and a result the agent sends
+/// for the task is dropped as one for an unknown task (the function may have run, as it
+/// may when a caller times out).
 pub(crate) async fn submit(
     app: &Arc<App>,
     owner: Arc<str>,
@@ -112,24 +120,33 @@ pub(crate) async fn submit(
                 received_at,
             })
             .collect();
-        let rows = app.store.insert_tasks(rows).await?;
-        let specs = tasks
-            .into_iter()
-            .map(|task| TaskSpec {
-                task_id: task.id,
-                function: task.function.spec.clone(),
-                payload: task.payload,
-                walltime_ms: None,
-                retries: 0,
-            })
-            .collect();
-        if app.hub.push_tasks(endpoint, specs) {
+        // Queued (eagerly) before the push below.
+        let inserted = app.store.insert_tasks(rows);
+        let pushed_early = app.hub.push_tasks(endpoint, specs(&tasks));
+        let rows = inserted.await?;
+        // No agent was connected before the commit. One that connected since then may
+        // have read the backlog before this commit, so push again; one that connects
+        // later finds the task in the backlog. The agent drops a task it already has.
+        if pushed_early || app.hub.push_tasks(endpoint, specs(&tasks)) {
             app.store.mark_sent(vec![rows], now_micros());
         }
         Ok(())
     });
     work.await
         .map_err(|e| ApiError::Internal(format!("task submission failed: {e}")))?
+}
+
+fn specs(tasks: &[PreparedTask]) -> Vec<TaskSpec> {
+    tasks
+        .iter()
+        .map(|task| TaskSpec {
+            task_id: task.id,
+            function: task.function.spec.clone(),
+            payload: task.payload.clone(),
+            walltime_ms: None,
+            retries: 0,
+        })
+        .collect()
 }
 
 #[cfg(test)]

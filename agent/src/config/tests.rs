@@ -51,7 +51,7 @@ fn an_empty_file_is_every_default() {
     let e = EngineConfig::default();
     assert_eq!(e.max_workers_per_node, None);
     assert_eq!(e.cores_per_worker, 1.0);
-    assert_eq!(e.prefetch_capacity, 0);
+    assert_eq!(e.prefetch_capacity, crate::prefetch::Prefetch::Auto);
     assert_eq!(e.heartbeat_period, Duration::from_secs(30));
     assert_eq!(e.heartbeat_threshold, Duration::from_secs(120));
     assert_eq!(e.max_retries_on_system_failure, 0);
@@ -126,7 +126,7 @@ strategy: {period: 2s, max_idletime: 0}
     let e = &config.engine;
     assert_eq!(e.max_workers_per_node, Some(6));
     assert_eq!(e.cores_per_worker, 0.5);
-    assert_eq!(e.prefetch_capacity, 2);
+    assert_eq!(e.prefetch_capacity, crate::prefetch::Prefetch::Fixed(2));
     assert_eq!(e.heartbeat_period, Duration::from_secs(10));
     assert_eq!(e.heartbeat_threshold, Duration::from_secs(60));
     assert_eq!(e.max_retries_on_system_failure, 1);

@@ -14,7 +14,7 @@ fn config() -> InterchangeConfig {
         secret: "s3cret".into(),
         heartbeat_period: Duration::from_millis(100),
         heartbeat_threshold: Duration::from_millis(600),
-        prefetch: 0,
+        prefetch: Prefetch::Fixed(0),
         max_retries_on_system_failure: 0,
     }
 }
@@ -169,6 +169,38 @@ fn tasks_go_out_by_capacity_and_results_come_back_with_stamps() {
     };
     assert_eq!(second.len(), 1);
     assert_eq!(second[0].task_id, tasks[2].task_id);
+    interchange.shutdown();
+}
+
+#[test]
+fn a_burst_fills_idle_workers_everywhere_before_any_manager_prefetches() {
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let interchange = start(
+        InterchangeConfig {
+            prefetch: Prefetch::Fixed(2),
+            ..config()
+        },
+        tx,
+    )
+    .unwrap();
+    let managers: Vec<TestManager> = (0..2)
+        .map(|_| TestManager::connect(&interchange.url, "s3cret", 2, None))
+        .collect();
+    for manager in &managers {
+        assert!(matches!(
+            manager.recv(),
+            InterchangeMessage::Registered { .. }
+        ));
+    }
+    // Six tasks, two managers of two workers and a prefetch of two each: every worker
+    // gets one, and the two left are held one per manager, not both by one.
+    interchange.submit((0..6).map(|_| task(None)).collect(), now_micros());
+    for manager in &managers {
+        let InterchangeMessage::Tasks { tasks } = manager.recv() else {
+            panic!("expected tasks")
+        };
+        assert_eq!(tasks.len(), 3);
+    }
     interchange.shutdown();
 }
 

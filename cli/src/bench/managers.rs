@@ -50,7 +50,7 @@ pub async fn run(sim: Simulation) -> anyhow::Result<Value> {
         // Long enough that no simulated manager needs to heartbeat during the run.
         heartbeat_period: Duration::from_secs(60),
         heartbeat_threshold: Duration::from_secs(600),
-        prefetch: sim.prefetch,
+        prefetch: scifaas_agent::prefetch::Prefetch::Fixed(sim.prefetch),
         max_retries_on_system_failure: 0,
     };
     let handle = interchange::start(config, events_tx)?;

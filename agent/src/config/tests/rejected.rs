@@ -54,7 +54,13 @@ fn wrong_types_name_their_line_and_key() {
         "engine:\n  prefetch_capacity: -1\n",
         2,
         "engine.prefetch_capacity",
-        "invalid type: integer `-1`, expected a whole number (0 or more)",
+        "-1 is not a number of tasks",
+    );
+    assert_error(
+        "engine:\n  prefetch_capacity: lots\n",
+        2,
+        "engine.prefetch_capacity",
+        "`lots` is neither `auto` nor a number of tasks",
     );
     assert_error(
         "engine:\n  port_range: [1, 2, 3]\n",

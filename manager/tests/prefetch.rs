@@ -1,0 +1,57 @@
+//! Tasks a manager holds beyond its workers (the interchange's prefetch) are lined up
+//! behind busy workers and run back to back, and keep the manager's guarantees: each
+//! runs once, a walltime still kills, and a worker lost on the way is replaced.
+
+mod common;
+
+use common::{config, error, task, value, whoami, Harness};
+use scifaas_protocol::{ErrorKind, TaskId};
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+#[test]
+fn tasks_held_beyond_the_workers_all_run_once_on_the_warm_workers() {
+    let mut harness = Harness::start(config(2));
+    let f = whoami(None);
+    let tasks: Vec<_> = (0..40)
+        .map(|_| task(&f, r#"{"args":[0.01],"kwargs":{}}"#))
+        .collect();
+    let ids: HashSet<TaskId> = tasks.iter().map(|t| t.task_id).collect();
+    let results = harness.run(tasks);
+    assert_eq!(
+        results.iter().map(|r| r.task_id).collect::<HashSet<_>>(),
+        ids
+    );
+    // Both workers took part, and no other worker was started.
+    let workers: HashSet<String> = results
+        .iter()
+        .map(|r| value(r)["token"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(workers.len(), 2, "{workers:?}");
+    harness.shutdown();
+}
+
+#[test]
+fn a_lined_up_task_keeps_its_walltime_and_the_one_behind_it_still_runs() {
+    let mut harness = Harness::start(config(1));
+    let f = whoami(None);
+    let first = task(&f, r#"{"args":[0.2],"kwargs":{}}"#);
+    let mut stuck = task(&f, r#"{"args":[30],"kwargs":{}}"#);
+    stuck.walltime_ms = Some(300);
+    let last = task(&f, r#"{"args":[],"kwargs":{}}"#);
+    // One worker, three tasks at once: the second waits behind the first, the third
+    // behind the second.
+    let started = Instant::now();
+    let results = harness.run(vec![first, stuck, last]);
+    assert!(results[0].is_success());
+    assert_eq!(error(&results[1]).kind, ErrorKind::Walltime);
+    assert!(results[2].is_success(), "the task behind a killed one runs");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "the stuck task was killed at its walltime, not left to run: {:?}",
+        started.elapsed()
+    );
+    // The killed worker was replaced.
+    assert_ne!(value(&results[0])["token"], value(&results[2])["token"]);
+    harness.shutdown();
+}
