@@ -122,13 +122,18 @@ pub(crate) async fn submit(
             .collect();
         // Queued (eagerly) before the push below.
         let inserted = app.store.insert_tasks(rows);
+        let mut sent_at = now_micros();
         let pushed_early = app.hub.push_tasks(endpoint, specs(&tasks));
         let rows = inserted.await?;
         // No agent was connected before the commit. One that connected since then may
         // have read the backlog before this commit, so push again; one that connects
         // later finds the task in the backlog. The agent drops a task it already has.
-        if pushed_early || app.hub.push_tasks(endpoint, specs(&tasks)) {
-            app.store.mark_sent(vec![rows], now_micros());
+        let pushed = pushed_early || {
+            sent_at = now_micros();
+            app.hub.push_tasks(endpoint, specs(&tasks))
+        };
+        if pushed {
+            app.store.mark_sent(vec![rows], sent_at);
         }
         Ok(())
     });
