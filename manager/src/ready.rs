@@ -36,6 +36,11 @@ impl ReadyQueue {
         tasks.remove(at).map(|(task, _)| task)
     }
 
+    /// Puts back, first in line, a task a slot took but cannot run.
+    pub fn give_back(&self, task: TaskSpec, kind: WorkerKind) {
+        self.lock().push_front((task, kind));
+    }
+
     /// Everything still lined up, oldest first (the main thread takes it back).
     pub fn drain(&self) -> Vec<(TaskSpec, WorkerKind)> {
         self.lock().drain(..).collect()

@@ -162,15 +162,32 @@ impl SlotState {
                     Err(_) => break,
                 },
             };
-            let result = self.run(&task, &kind, &send);
+            // A task lined up behind this one goes to the worker with it, to start the
+            // moment this one ends.
+            let ahead = match self.shared.stopping.load(Ordering::Acquire) {
+                false => self.shared.ready.take(&kind),
+                true => None,
+            };
+            let result = self.run(&task, &kind, ahead.as_ref(), &send);
             let holds = self.current.as_ref().map(|(k, _)| k.clone());
             let lost_worker = holds.is_none() && result.1;
             let stopping = self.shared.stopping.load(Ordering::Acquire);
             // The next task of the kind this worker serves, taken before the report so
-            // that the report says which task the slot is busy with now.
-            next = match &holds {
-                Some(kind) if !stopping => self.shared.ready.take(kind).map(|t| (t, kind.clone())),
-                _ => None,
+            // that the report says which task the slot is busy with now. One taken
+            // ahead that this worker cannot run (it died, or is of another kind) goes
+            // back to the front of the line.
+            next = match (ahead, &holds) {
+                (Some(ahead), Some(holds)) if *holds == kind && !stopping => {
+                    Some((ahead, kind.clone()))
+                }
+                (Some(ahead), _) => {
+                    self.shared.ready.give_back(ahead, kind.clone());
+                    None
+                }
+                (None, Some(holds)) if !stopping => {
+                    self.shared.ready.take(holds).map(|t| (t, holds.clone()))
+                }
+                (None, _) => None,
             };
             if !send(SlotEvent::Done {
                 slot: self.slot,
@@ -195,10 +212,13 @@ impl SlotState {
 
     /// Runs one task in a worker of `kind`, starting one first when the slot holds
     /// another kind or none. Answers the result and whether a worker died running it.
+    /// `ahead`: a task of the same kind to write to the worker behind this one
+    /// ([`Worker::run_and_send_ahead`]).
     fn run(
         &mut self,
         task: &TaskSpec,
         kind: &WorkerKind,
+        ahead: Option<&TaskSpec>,
         send: &impl Fn(SlotEvent) -> bool,
     ) -> (TaskResult, bool) {
         if !self.current.as_ref().is_some_and(|(k, _)| k == kind) {
@@ -218,7 +238,7 @@ impl SlotState {
         }
         let (_, worker) = self.current.as_mut().expect("a worker of the task's kind");
         let running = Transition::now(TaskState::Running, Actor::Manager);
-        match worker.run(task) {
+        match worker.run_and_send_ahead(task, ahead).0 {
             Ok(reply) => (finished(reply.into_task_result(), Some(running)), false),
             Err(err) => {
                 let error = if self.walltime_hit.swap(false, Ordering::AcqRel) {

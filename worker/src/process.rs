@@ -47,6 +47,10 @@ const KILL_PATIENCE: Duration = Duration::from_secs(10);
 /// context switch between the manager and the worker. Best effort: the kernel caps it
 /// (`/proc/sys/fs/pipe-max-size`, a per-user total), and a smaller pipe only costs time.
 const PIPE_BUFFER: i32 = 1 << 20;
+/// Linux's pipe buffer when it cannot be enlarged (or read back).
+const DEFAULT_PIPE_BUFFER: usize = 64 << 10;
+/// Room a task frame needs besides its source and payload (the prefix and a header).
+const FRAME_OVERHEAD: usize = 1024;
 
 /// One Python worker process, ready for tasks, which it runs one at a time.
 ///
@@ -68,6 +72,11 @@ pub struct Worker {
     /// The prefix and header of the task frame being sent (its body is written from the
     /// task's own buffers).
     frame: Vec<u8>,
+    /// The task written behind the running one, not answered yet, and whether its
+    /// source went with it.
+    ahead: Option<(TaskId, bool)>,
+    /// The size of the pipe into the worker.
+    pipe_capacity: usize,
 }
 
 impl Worker {
@@ -113,9 +122,12 @@ impl Worker {
         else {
             unreachable!("all three streams are piped")
         };
-        for pipe in [stdin.as_fd(), stdout.as_fd()] {
-            if let Err(e) = fcntl(pipe, FcntlArg::F_SETPIPE_SZ(PIPE_BUFFER)) {
-                tracing::debug!(pid, "cannot enlarge a worker pipe: {e}");
+        let mut pipe_capacity = DEFAULT_PIPE_BUFFER;
+        for (i, pipe) in [stdin.as_fd(), stdout.as_fd()].into_iter().enumerate() {
+            match fcntl(pipe, FcntlArg::F_SETPIPE_SZ(PIPE_BUFFER)) {
+                Ok(size) if i == 0 => pipe_capacity = usize::try_from(size).unwrap_or(0),
+                Ok(_) => {}
+                Err(e) => tracing::debug!(pid, "cannot enlarge a worker pipe: {e}"),
             }
         }
         let mut worker = Worker {
@@ -130,6 +142,8 @@ impl Worker {
             max_result_bytes: options.max_result_bytes,
             unusable: None,
             frame: Vec::new(),
+            ahead: None,
+            pipe_capacity,
         };
 
         // The watchdog bounds the whole start, the script write included: a runtime that
@@ -224,13 +238,74 @@ impl Worker {
     /// `Err` means the worker failed (died, was killed, broke the protocol) and must be
     /// replaced, except for [`WorkerError::TooLarge`].
     pub fn run(&mut self, task: &TaskSpec) -> Result<WorkerReply, WorkerError> {
+        self.run_and_send_ahead(task, None).0
+    }
+
+    /// Runs one task like [`Worker::run`], and writes `next` to the worker behind it, so
+    /// that the worker starts `next` the moment `task` ends instead of waiting for the
+    /// manager to read a result and write a task. Answers whether `next` was written; if
+    /// it was, the worker must run it next (by this call, with `next` as `task`). Only a
+    /// task whose frame fits the pipe with the running one's is written ahead, so that
+    /// the write never waits for the worker (which may be waiting for us to read its
+    /// result). If the worker fails, a task written ahead was not run.
+    pub fn run_and_send_ahead(
+        &mut self,
+        task: &TaskSpec,
+        next: Option<&TaskSpec>,
+    ) -> (Result<WorkerReply, WorkerError>, bool) {
         if let Some(why) = &self.unusable {
-            return Err(WorkerError::Unusable(why.clone()));
+            return (Err(WorkerError::Unusable(why.clone())), false);
         }
+        let sent_source = match self.ahead.take() {
+            Some((id, with_source)) if id == task.task_id => with_source,
+            Some((id, _)) => {
+                let message = format!(
+                    "task {id} was written ahead, but {} came next",
+                    task.task_id
+                );
+                return (Err(self.protocol_error(message)), false);
+            }
+            None => {
+                let with_source = !self.known.contains(&task.function.hash);
+                if let Err(e) = self.write_task(task, with_source) {
+                    return (Err(e), false);
+                }
+                with_source
+            }
+        };
+        let mut sent_next = false;
+        if let Some(next) = next.filter(|next| self.fits_ahead(task, next)) {
+            let with_source = !self.known.contains(&next.function.hash);
+            if let Err(e) = self.write_task(next, with_source) {
+                return (Err(e), false);
+            }
+            self.ahead = Some((next.task_id, with_source));
+            sent_next = true;
+        }
+        (self.finish_task(task, sent_source), sent_next)
+    }
+
+    /// Whether `next` may be written while `task` may still be partly in the pipe.
+    fn fits_ahead(&self, task: &TaskSpec, next: &TaskSpec) -> bool {
+        let frame = |t: &TaskSpec| t.payload.len() + t.function.source.len() + FRAME_OVERHEAD;
+        frame(task) + frame(next) <= self.pipe_capacity / 2
+    }
+
+    /// Reads the result of `task`, already written, and notes whether the worker now
+    /// has its function.
+    fn finish_task(
+        &mut self,
+        task: &TaskSpec,
+        sent_source: bool,
+    ) -> Result<WorkerReply, WorkerError> {
         let hash = &task.function.hash;
-        let had_function = self.known.contains(hash);
-        let mut reply = self.exchange(task, !had_function)?;
-        if had_function && is_unknown_function(&reply) {
+        let mut reply = self.read_reply(task.task_id)?;
+        if !sent_source && is_unknown_function(&reply) {
+            if self.ahead.is_some() {
+                // Resending would put this task behind the one written ahead.
+                let message = format!("the worker lost function {hash} with a task queued");
+                return Err(self.protocol_error(message));
+            }
             // We believed the worker had it; heal by sending the source once.
             tracing::warn!(pid = self.pid(), fn_hash = %hash, "worker lost a function; resending");
             reply = self.exchange(task, true)?;
@@ -284,6 +359,12 @@ impl Worker {
 
     /// Sends one task frame and reads its result frame.
     fn exchange(&mut self, task: &TaskSpec, with_source: bool) -> Result<WorkerReply, WorkerError> {
+        self.write_task(task, with_source)?;
+        self.read_reply(task.task_id)
+    }
+
+    /// Writes one task frame.
+    fn write_task(&mut self, task: &TaskSpec, with_source: bool) -> Result<(), WorkerError> {
         let source: &[u8] = if with_source {
             &task.function.source
         } else {
@@ -315,7 +396,7 @@ impl Worker {
         if !written {
             return Err(self.died());
         }
-        self.read_reply(task.task_id)
+        Ok(())
     }
 
     fn read_reply(&mut self, task_id: TaskId) -> Result<WorkerReply, WorkerError> {

@@ -235,6 +235,61 @@ fn a_worker_killed_mid_task_reports_signal_9() {
 }
 
 #[test]
+fn a_task_written_ahead_starts_as_the_one_before_it_ends() {
+    let mut worker = spawn();
+    let stamp = function(
+        "stamp",
+        "import time\ndef stamp(x):\n    time.sleep(0.05)\n    return [x, time.time()]\n",
+    );
+    let (first, second, third) = (
+        task(&stamp, r#"{"args": [1]}"#),
+        task(&stamp, r#"{"args": [2]}"#),
+        task(&stamp, r#"{"args": [3]}"#),
+    );
+    // The first carries the source and the second, written ahead, carries it too (the
+    // worker has not answered yet): both define nothing twice.
+    let (reply, sent) = worker.run_and_send_ahead(&first, Some(&second));
+    assert!(sent);
+    let reply = reply.unwrap();
+    assert_eq!(reply.task_id, first.task_id);
+    // The second runs while nobody asks for it.
+    thread::sleep(Duration::from_millis(200));
+    let asked_at = scifaas_protocol::time::now_micros();
+    let (reply2, sent) = worker.run_and_send_ahead(&second, Some(&third));
+    assert!(sent);
+    let reply2 = reply2.unwrap();
+    assert_eq!(reply2.task_id, second.task_id);
+    assert!(reply.exec_end <= reply2.exec_start && reply2.exec_end < asked_at);
+    let value: serde_json::Value = serde_json::from_slice(success(&reply2)).unwrap();
+    assert_eq!(value[0], 2);
+    let (reply3, sent) = worker.run_and_send_ahead(&third, None);
+    assert!(!sent);
+    assert_eq!(reply3.unwrap().task_id, third.task_id);
+    // A task other than the one written ahead is refused and the worker replaced.
+    let (_, sent) = worker.run_and_send_ahead(&first, Some(&second));
+    assert!(sent);
+    let (error, _) = worker.run_and_send_ahead(&third, None);
+    assert!(matches!(error, Err(WorkerError::Protocol(_))), "{error:?}");
+    assert!(!worker.is_usable());
+}
+
+#[test]
+fn a_large_task_is_not_written_ahead() {
+    let mut worker = spawn();
+    let identity = function("identity", IDENTITY);
+    let small = task(&identity, r#"{"args": [1]}"#);
+    let big = task(
+        &identity,
+        &format!(r#"{{"args": ["{}"]}}"#, "x".repeat(8 << 20)),
+    );
+    let (reply, sent) = worker.run_and_send_ahead(&small, Some(&big));
+    assert!(!sent, "an 8 MiB frame may not fit the pipe");
+    reply.unwrap();
+    let (reply, _) = worker.run_and_send_ahead(&big, None);
+    assert_eq!(success(&reply.unwrap()).len(), (8 << 20) + 2);
+}
+
+#[test]
 fn a_worker_that_exits_mid_task_reports_its_status_and_last_words() {
     let mut worker = spawn();
     let quit = function(
