@@ -327,6 +327,26 @@ impl Iterator for Batches<'_> {
     }
 }
 
+/// A page of `GET /v1/results`, the fields the benchmark reads.
+#[derive(serde::Deserialize)]
+struct ResultsPage<'a> {
+    cursor: Option<u64>,
+    #[serde(borrow, default)]
+    tasks: Vec<FinishedTask<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct FinishedTask<'a> {
+    task_id: &'a str,
+    state: &'a str,
+    #[serde(borrow, default)]
+    result: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow, default)]
+    transitions: Vec<hops::StateAt<'a>>,
+    #[serde(default)]
+    timing: hops::Timing,
+}
+
 /// Submits one task per element of `args` (each a JSON array of arguments) through the
 /// batch API, and collects every result through the results stream.
 async fn throughput(
@@ -382,23 +402,31 @@ async fn throughput(
         let mut failed = 0usize;
         let mut hops = hops::Hops::default();
         while done.len() < args.len() && Instant::now() < deadline {
-            let page = api
-                .call(
+            let (status, _, body) = api
+                .send(
                     reqwest::Method::GET,
                     &format!("/v1/results?after={cursor}&timeout=5&max=10000"),
                     None,
                 )
                 .await?;
-            cursor = page["cursor"].as_u64().unwrap_or(cursor);
-            for task in page["tasks"].as_array().into_iter().flatten() {
-                if let Some(id) = task["task_id"].as_str() {
-                    if done.insert(id.to_owned()) {
-                        hops.add(task);
-                        if task["state"] == "success" {
-                            results.push(task["result"].clone());
-                        } else {
-                            failed += 1;
-                        }
+            if !status.is_success() {
+                bail!(
+                    "/v1/results answered {status}: {}",
+                    String::from_utf8_lossy(&body)
+                );
+            }
+            // Decoded into borrowed fields: the client's share of the run stays small.
+            let page: ResultsPage<'_> =
+                serde_json::from_slice(&body).context("a malformed /v1/results page")?;
+            cursor = page.cursor.unwrap_or(cursor);
+            for task in &page.tasks {
+                if done.insert(task.task_id.to_owned()) {
+                    hops.add_parts(&task.transitions, &task.timing);
+                    if task.state == "success" {
+                        // A JSON null result reads as no result.
+                        results.push(task.result.map_or("null", |r| r.get()).to_owned());
+                    } else {
+                        failed += 1;
                     }
                 }
             }
@@ -423,6 +451,6 @@ async fn throughput(
         "tasks_per_s": done.len() as f64 / total,
         "correct": failed == 0 && all_ours,
         "hops": hops.summary(),
-        "results": results.iter().map(|r| Value::String(r.to_string())).collect::<Vec<_>>(),
+        "results": results,
     }))
 }

@@ -2,6 +2,7 @@
 //! stamps what"): for each hop, the median and the slowest task's time in it, so a
 //! benchmark says which hop to look at next.
 
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 /// One task's stamps, in microseconds since the epoch (0 where a hop did not stamp).
@@ -17,7 +18,44 @@ struct Stamps {
     completed: i64,
 }
 
+/// A transition of a task view, borrowed from the page that holds it.
+#[derive(Deserialize)]
+pub struct StateAt<'a> {
+    pub state: &'a str,
+    pub at: i64,
+}
+
+/// The `timing` of a task view.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct Timing {
+    exec_start: Option<i64>,
+    exec_end: Option<i64>,
+    manager_sent: Option<i64>,
+    agent_sent: Option<i64>,
+    completed: Option<i64>,
+}
+
 impl Stamps {
+    fn from_parts(transitions: &[StateAt<'_>], timing: &Timing) -> Stamps {
+        let at = |state: &str| {
+            transitions
+                .iter()
+                .find(|t| t.state == state)
+                .map_or(0, |t| t.at)
+        };
+        Stamps {
+            received: at("received"),
+            accepted: at("waiting-for-nodes"),
+            dispatched: at("waiting-for-launch"),
+            exec_start: timing.exec_start.unwrap_or(0),
+            exec_end: timing.exec_end.unwrap_or(0),
+            manager_sent: timing.manager_sent.unwrap_or(0),
+            agent_sent: timing.agent_sent.unwrap_or(0),
+            completed: timing.completed.unwrap_or(0),
+        }
+    }
+
     fn from_view(task: &Value) -> Stamps {
         let at = |state: &str| {
             task["transitions"]
@@ -78,6 +116,11 @@ impl Hops {
     /// Notes one finished task's view (`GET /v1/results` or a task view).
     pub fn add(&mut self, task: &Value) {
         self.tasks.push(Stamps::from_view(task));
+    }
+
+    /// Notes one finished task's transitions and timing, decoded without a value tree.
+    pub fn add_parts(&mut self, transitions: &[StateAt<'_>], timing: &Timing) {
+        self.tasks.push(Stamps::from_parts(transitions, timing));
     }
 
     /// `{hop: {p50_ms, max_ms}}` over the tasks every hop stamped, plus `span_ms`: from
