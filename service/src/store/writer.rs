@@ -16,7 +16,7 @@ use rusqlite::{params, Connection, ErrorCode};
 use scifaas_protocol::link::TaskProgress;
 use scifaas_protocol::time::Micros;
 use scifaas_protocol::{EndpointId, TaskId, TaskResult};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
@@ -173,6 +173,37 @@ struct Writer {
     last_unpromised_commit: Option<Instant>,
 }
 
+/// Drops from `batch` the acceptances of tasks whose results it also stores: a result
+/// sets the task's final state and carries the agent's own stamp of the acceptance, so
+/// moving the task to `waiting-for-nodes` first would be a write for nothing. With many
+/// short tasks, most acceptances share a commit with their results.
+fn skip_superseded_acceptances(batch: &mut [Job]) {
+    let finishing: HashSet<(EndpointId, TaskId)> = batch
+        .iter()
+        .filter_map(|job| match &job.op {
+            WriteOp::StoreResults {
+                endpoint_id,
+                results,
+                ..
+            } => Some(results.iter().map(move |r| (*endpoint_id, r.task_id))),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    if finishing.is_empty() {
+        return;
+    }
+    for job in batch {
+        if let WriteOp::MarkAccepted {
+            endpoint_id,
+            task_ids,
+        } = &mut job.op
+        {
+            task_ids.retain(|id| !finishing.contains(&(*endpoint_id, *id)));
+        }
+    }
+}
+
 impl Writer {
     fn run(mut self, queue: Receiver<Command>) {
         let mut stopping = false;
@@ -197,7 +228,7 @@ impl Writer {
         tracing::debug!("store writer stopped");
     }
 
-    fn commit(&mut self, batch: Vec<Job>) {
+    fn commit(&mut self, mut batch: Vec<Job>) {
         let seq_before = self.next_done_seq;
         // Only what a 2xx promises is on disk needs the fsync: new tasks and the
         // registry. A result is also held by the agent until we acknowledge it, and a
@@ -220,6 +251,7 @@ impl Writer {
             }
             return;
         }
+        skip_superseded_acceptances(&mut batch);
         let mut answers = Vec::with_capacity(batch.len());
         for job in batch {
             let applied = self.apply_in_savepoint(job.op);
@@ -447,4 +479,54 @@ fn conflict(e: rusqlite::Error, message: impl FnOnce() -> String) -> StoreError 
 fn to_json<T: serde::Serialize + ?Sized>(value: &T) -> String {
     // Our types have string keys and plain values: serialization cannot fail.
     serde_json::to_string(value).unwrap_or_else(|_| "null".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use scifaas_protocol::{Outcome, ResultTiming};
+
+    fn result(task_id: TaskId) -> Arc<TaskResult> {
+        Arc::new(TaskResult {
+            task_id,
+            outcome: Outcome::Success(Bytes::from_static(b"1")),
+            stdout: String::new(),
+            stderr: String::new(),
+            transitions: vec![],
+            timing: ResultTiming::default(),
+        })
+    }
+
+    fn job(op: WriteOp) -> Job {
+        Job { op, reply: None }
+    }
+
+    #[test]
+    fn an_acceptance_committed_with_its_result_is_skipped_and_only_that_one() {
+        let (endpoint, other) = (EndpointId::new(), EndpointId::new());
+        let (done, running, elsewhere) = (TaskId::new(), TaskId::new(), TaskId::new());
+        let mut batch = vec![
+            job(WriteOp::MarkAccepted {
+                endpoint_id: endpoint,
+                task_ids: vec![done, running, elsewhere],
+            }),
+            job(WriteOp::StoreResults {
+                endpoint_id: endpoint,
+                results: vec![result(done)],
+                completed_at: 0,
+            }),
+            // A result for the same id from another endpoint is not this task's.
+            job(WriteOp::StoreResults {
+                endpoint_id: other,
+                results: vec![result(elsewhere)],
+                completed_at: 0,
+            }),
+        ];
+        skip_superseded_acceptances(&mut batch);
+        let WriteOp::MarkAccepted { task_ids, .. } = &batch[0].op else {
+            unreachable!()
+        };
+        assert_eq!(task_ids, &vec![running, elsewhere]);
+    }
 }
