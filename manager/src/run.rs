@@ -31,6 +31,11 @@ pub const ACCELERATOR_VARIABLES: &[&str] = &[
 /// start is tried again, by default.
 pub const DEFAULT_START_RETRY_AFTER: Duration = Duration::from_secs(30);
 
+/// How long a result may wait for others while tasks still run on this manager.
+const RESULT_HOLD: Duration = Duration::from_micros(500);
+/// Results sent at once without waiting for more.
+const MAX_HELD_RESULTS: usize = 256;
+
 /// Everything a manager needs to know; built by `scifaas manager` from its arguments and
 /// environment.
 #[derive(Clone, Debug)]
@@ -225,6 +230,8 @@ pub fn run(config: ManagerConfig) -> anyhow::Result<()> {
         idle_timeout: config.worker_idle_timeout,
         queue: VecDeque::new(),
         lined_up: HashMap::new(),
+        held: Vec::new(),
+        held_since: None,
         period,
         threshold,
         last_heard: Instant::now(),
@@ -233,6 +240,9 @@ pub fn run(config: ManagerConfig) -> anyhow::Result<()> {
         drain_at,
     };
     let outcome = manager.serve(&wake_rx, &events_rx, &signals_rx);
+    // Results still held go out before the manager does (best effort: the interchange
+    // may be gone, and it runs again whatever it never heard back about).
+    let _ = manager.send_results(true);
     manager.stop();
     outcome
 }
@@ -250,6 +260,9 @@ struct Manager {
     /// The walltimes of the tasks lined up in the ready queue (or taken from it by a
     /// slot that has not reported it yet).
     lined_up: HashMap<TaskId, Option<Duration>>,
+    /// Results not sent yet ([`Manager::send_results`]), and since when.
+    held: Vec<TaskResult>,
+    held_since: Option<Instant>,
     period: Duration,
     threshold: Duration,
     last_heard: Instant,
@@ -312,6 +325,7 @@ impl Manager {
                     }
                 }
             }
+            self.send_results(false)?;
             self.enforce_walltime();
             self.retire_idle_workers();
             if self.last_heard.elapsed() > self.threshold {
@@ -328,6 +342,7 @@ impl Manager {
                 })?;
             }
             if self.draining && self.idle() {
+                self.send_results(true)?;
                 self.send(&ManagerMessage::Bye)?;
                 tracing::info!("drained; exiting");
                 return Ok(());
@@ -360,7 +375,7 @@ impl Manager {
     }
 
     fn on_slot_events(&mut self, events: &mpsc::Receiver<SlotEvent>) -> anyhow::Result<()> {
-        let mut results = Vec::new();
+        let mut results = std::mem::take(&mut self.held);
         while let Ok(event) = events.try_recv() {
             match event {
                 SlotEvent::Done {
@@ -396,14 +411,35 @@ impl Manager {
         }
         // Refill the slots before sending, so the next task starts as early as possible.
         self.dispatch();
-        if !results.is_empty() {
-            let stamp = now_micros();
-            for result in &mut results {
-                result.timing.manager_sent = stamp;
-            }
-            self.send(&ManagerMessage::Results { results })?;
+        self.held = results;
+        self.send_results(false)
+    }
+
+    /// Sends the results held, unless more are due soon: while other tasks run here, a
+    /// result waits up to [`RESULT_HOLD`] for company, so that under load one message
+    /// (and one wake-up of every thread on the way to the service) carries many results,
+    /// and the interchange answers with a batch of tasks rather than one at a time. The
+    /// last running task's result, as a lone call's, goes at once.
+    fn send_results(&mut self, now: bool) -> anyhow::Result<()> {
+        if self.held.is_empty() {
+            self.held_since = None;
+            return Ok(());
         }
-        Ok(())
+        let since = *self.held_since.get_or_insert_with(Instant::now);
+        let due = now
+            || self.pool.busy_count() == 0
+            || self.held.len() >= MAX_HELD_RESULTS
+            || since.elapsed() >= RESULT_HOLD;
+        if !due {
+            return Ok(());
+        }
+        let mut results = std::mem::take(&mut self.held);
+        self.held_since = None;
+        let stamp = now_micros();
+        for result in &mut results {
+            result.timing.manager_sent = stamp;
+        }
+        self.send(&ManagerMessage::Results { results })
     }
 
     /// The container a task runs in: its function's, else the manager's default.
@@ -552,7 +588,8 @@ impl Manager {
         let idle = self
             .idle_timeout
             .and_then(|t| self.pool.next_idle_deadline(t));
-        for deadline in deadlines.chain(idle) {
+        let held = self.held_since.map(|since| since + RESULT_HOLD);
+        for deadline in deadlines.chain(idle).chain(held) {
             timeout = timeout.min(deadline.saturating_duration_since(now));
         }
         timeout.max(Duration::from_millis(1))

@@ -55,3 +55,34 @@ fn a_lined_up_task_keeps_its_walltime_and_the_one_behind_it_still_runs() {
     assert_ne!(value(&results[0])["token"], value(&results[2])["token"]);
     harness.shutdown();
 }
+
+#[test]
+fn results_held_for_company_still_go_out_while_a_long_task_runs() {
+    let mut harness = Harness::start(config(2));
+    let f = whoami(None);
+    let long = task(&f, r#"{"args":[3],"kwargs":{}}"#);
+    let quick: Vec<_> = (0..20)
+        .map(|_| task(&f, r#"{"args":[],"kwargs":{}}"#))
+        .collect();
+    let mut tasks = vec![long.clone()];
+    tasks.extend(quick.iter().cloned());
+    let sent = Instant::now();
+    harness.send_tasks(tasks);
+    // While the long task runs, each quick result may wait a little for others, but not
+    // for the long task.
+    let early = harness.results(quick.len(), Duration::from_secs(10));
+    assert!(
+        sent.elapsed() < Duration::from_millis(2500),
+        "quick results took {:?}",
+        sent.elapsed()
+    );
+    assert!(early.iter().all(|r| r.task_id != long.task_id));
+    let quick_ids: HashSet<TaskId> = quick.iter().map(|t| t.task_id).collect();
+    assert_eq!(
+        early.iter().map(|r| r.task_id).collect::<HashSet<_>>(),
+        quick_ids
+    );
+    let last = harness.results(1, Duration::from_secs(10));
+    assert_eq!(last[0].task_id, long.task_id);
+    harness.shutdown();
+}

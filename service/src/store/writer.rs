@@ -34,7 +34,7 @@ const DEFER_WINDOW: Duration = Duration::from_millis(10);
 /// 2xx waits for ends the wait at once). Under a stream of results this makes one commit
 /// (its WAL frames, its checkpoint share) serve many batches; a lone result, as in a
 /// warm call, follows the commit of its task and is not held.
-const RESULT_COMMIT_SPACING: Duration = Duration::from_millis(1);
+const RESULT_COMMIT_SPACING: Duration = Duration::from_millis(2);
 
 /// The most writes one transaction takes, so that one huge burst does not hold every
 /// caller until all of it is applied.
