@@ -75,9 +75,24 @@ class Capture(io.TextIOBase):
 
     def __init__(self, limit=CAPTURE_LIMIT):
         super().__init__()
+        self._limit = limit
+        self._reset()
+
+    def _reset(self):
         self._parts = []
-        self._room = limit
+        self._room = self._limit
         self._dropped = 0
+
+    def take(self):
+        """What was written since the last ``take``, and start afresh.
+
+        One pair of captures serves every task: making a stream per task costs more than
+        a no-op task itself, and output that a function's leftover handler (a logger set
+        up in an earlier call) writes lands in the task that is running, not nowhere.
+        """
+        text = self.getvalue()
+        self._reset()
+        return text
 
     def writable(self):
         return True
@@ -250,6 +265,7 @@ class Worker:
         self._reader = reader
         self._out_fd = out_fd
         self.functions = FunctionCache()
+        self._out, self._err = Capture(), Capture()
 
     def send(self, header, body=b""):
         # errors="replace": a lone surrogate printed by a function must not make the
@@ -313,7 +329,7 @@ class Worker:
         source_len = header.get("source_len", 0)
         if not isinstance(source_len, int) or not 0 <= source_len <= len(body):
             raise ProtocolError("source_len %r does not fit the body" % (source_len,))
-        out, err = Capture(), Capture()
+        out, err = self._out, self._err
         saved = sys.stdout, sys.stderr
         sys.stdout, sys.stderr = out, err
         exec_start = exec_end = 0
@@ -345,8 +361,8 @@ class Worker:
             "op": "result",
             "task_id": task_id,
             "ok": error is None,
-            "stdout": out.getvalue(),
-            "stderr": err.getvalue(),
+            "stdout": out.take(),
+            "stderr": err.take(),
             "exec_start": exec_start // 1000,
             "exec_end": exec_end // 1000,
         }

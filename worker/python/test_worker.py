@@ -375,6 +375,10 @@ def test_capture_counts_what_it_drops():
         capture.write(b"bytes")
     assert capture.encoding == "utf-8"
     assert not capture.isatty()
+    assert "3 more characters" in capture.take()
+    assert capture.take() == ""
+    capture.write("ij")
+    assert capture.take() == "ij"
 
 
 def test_type_name_qualifies_non_builtin_classes():
