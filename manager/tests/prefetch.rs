@@ -35,7 +35,11 @@ fn tasks_held_beyond_the_workers_all_run_once_on_the_warm_workers() {
 fn a_lined_up_task_keeps_its_walltime_and_the_one_behind_it_still_runs() {
     let mut harness = Harness::start(config(1));
     let f = whoami(None);
-    let first = task(&f, r#"{"args":[0.2],"kwargs":{}}"#);
+    // A first call makes the function known to run short, so that the tasks below are
+    // each written to the worker behind the one before (and the one behind the stuck
+    // task dies with its worker without having run).
+    assert!(harness.run(vec![task(&f, r#"{"args":[],"kwargs":{}}"#)])[0].is_success());
+    let first = task(&f, r#"{"args":[0.01],"kwargs":{}}"#);
     let mut stuck = task(&f, r#"{"args":[30],"kwargs":{}}"#);
     stuck.walltime_ms = Some(300);
     let last = task(&f, r#"{"args":[],"kwargs":{}}"#);
@@ -51,7 +55,8 @@ fn a_lined_up_task_keeps_its_walltime_and_the_one_behind_it_still_runs() {
         "the stuck task was killed at its walltime, not left to run: {:?}",
         started.elapsed()
     );
-    // The killed worker was replaced.
+    // The killed worker was replaced, and the task written behind the stuck one ran on
+    // the new worker.
     assert_ne!(value(&results[0])["token"], value(&results[2])["token"]);
     harness.shutdown();
 }
@@ -84,5 +89,37 @@ fn results_held_for_company_still_go_out_while_a_long_task_runs() {
     );
     let last = harness.results(1, Duration::from_secs(10));
     assert_eq!(last[0].task_id, long.task_id);
+    harness.shutdown();
+}
+
+#[test]
+fn no_task_is_written_behind_a_function_known_to_run_long() {
+    let mut harness = Harness::start(config(2));
+    let f = whoami(None);
+    // Both workers see the function take 0.3 s: long enough not to have a task written
+    // behind it. While they are busy, a long task and quick ones line up; the worker
+    // that frees first takes the long one and must not take a quick one along.
+    let busy: Vec<_> = (0..2)
+        .map(|_| task(&f, r#"{"args":[0.3],"kwargs":{}}"#))
+        .collect();
+    let busy_ids: HashSet<TaskId> = busy.iter().map(|t| t.task_id).collect();
+    harness.send_tasks(busy);
+    std::thread::sleep(Duration::from_millis(100));
+    let long = task(&f, r#"{"args":[3],"kwargs":{}}"#);
+    let quick: Vec<_> = (0..10)
+        .map(|_| task(&f, r#"{"args":[],"kwargs":{}}"#))
+        .collect();
+    let mut tasks = vec![long.clone()];
+    tasks.extend(quick.iter().cloned());
+    let sent = Instant::now();
+    harness.send_tasks(tasks);
+    // Every quick task runs on the other worker, none waits behind the long one.
+    let early = harness.results(quick.len() + busy_ids.len(), Duration::from_secs(10));
+    assert!(
+        sent.elapsed() < Duration::from_millis(2500),
+        "quick results took {:?}",
+        sent.elapsed()
+    );
+    assert!(early.iter().all(|r| r.task_id != long.task_id));
     harness.shutdown();
 }

@@ -236,15 +236,21 @@ impl Writer {
         // the service sends it again when the agent reconnects: for those, surviving
         // a crash of this process (which WAL without fsync does) is enough.
         let needs_sync = batch.iter().any(|job| job.op.is_promised_durable());
-        let synchronous = if needs_sync { "FULL" } else { "NORMAL" };
+        // Cached statements: these run at every commit, and parsing them each time costs
+        // as much as a short commit's own work.
+        let synchronous = if needs_sync {
+            "PRAGMA synchronous = FULL"
+        } else {
+            "PRAGMA synchronous = NORMAL"
+        };
         if needs_sync != self.synced {
-            if let Err(e) = self.conn.pragma_update(None, "synchronous", synchronous) {
-                tracing::warn!("cannot set synchronous={synchronous}: {e}");
+            if let Err(e) = self.run_cached(synchronous) {
+                tracing::warn!("cannot run {synchronous}: {e}");
             } else {
                 self.synced = needs_sync;
             }
         }
-        if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
+        if let Err(e) = self.run_cached("BEGIN IMMEDIATE") {
             let message = e.to_string();
             for job in batch {
                 answer(job.reply, Err(StoreError::Commit(message.clone())));
@@ -262,7 +268,7 @@ impl Writer {
             .segments
             .sync()
             .map_err(|e| format!("cannot sync a payload segment: {e}"))
-            .and_then(|()| self.conn.execute_batch("COMMIT").map_err(|e| e.to_string()));
+            .and_then(|()| self.run_cached("COMMIT").map_err(|e| e.to_string()));
         if let Err(message) = committed {
             tracing::error!("store commit failed: {message}");
             let _ = self.conn.execute_batch("ROLLBACK");
@@ -281,6 +287,11 @@ impl Writer {
         for (reply, applied) in answers {
             answer(reply, applied);
         }
+    }
+
+    /// Runs a statement without parameters or rows from the statement cache.
+    fn run_cached(&self, sql: &str) -> rusqlite::Result<()> {
+        self.conn.prepare_cached(sql)?.execute([]).map(|_| ())
     }
 
     fn apply_in_savepoint(&mut self, op: WriteOp) -> Result<Applied, StoreError> {
