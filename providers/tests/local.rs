@@ -100,7 +100,7 @@ fn the_script_exports_env_runs_worker_init_and_quotes_the_manager_command() {
         "{script}"
     );
     assert!(
-        script.contains("\nprintf '%s|' 'two words' 'it'\\''s' '$HOME'\n"),
+        script.contains("\nexec printf '%s|' 'two words' 'it'\\''s' '$HOME'\n"),
         "{script}"
     );
     // The secret is in an export line and nowhere else (never on a command line).
