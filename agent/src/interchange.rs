@@ -493,9 +493,11 @@ impl Interchange {
         // worker before any manager holds tasks it cannot start yet.
         self.fill(&mut batches, now, false, |_| 0);
         let (prefetch, mean_run_us) = (self.config.prefetch, self.mean_run_us);
-        self.fill(&mut batches, now, true, |m| {
-            prefetch.capacity(m.registration.workers, mean_run_us)
-        });
+        if prefetch != Prefetch::Fixed(0) {
+            self.fill(&mut batches, now, true, |m| {
+                prefetch.capacity(m.registration.workers, mean_run_us)
+            });
+        }
         self.send_batches(batches);
     }
 
