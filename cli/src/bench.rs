@@ -14,6 +14,7 @@ use crate::local_stack::LocalStack;
 use crate::stats::summarize;
 use anyhow::{bail, Context};
 use bytes::Bytes;
+use scifaas_protocol::time::now_micros;
 use serde_json::{json, Value};
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -178,12 +179,14 @@ async fn measure_all(
         let deadline = Instant::now() + p.max_measure;
         for _ in 0..p.lat_n {
             let t0 = Instant::now();
+            let sent = now_micros();
             let (status, task_id, body) = api.invoke(ep, &hello, hello_doc.clone(), 60).await?;
+            let answered = now_micros();
             samples.push(t0.elapsed().as_secs_f64() * 1e3);
             if !status.is_success() || &body[..] != b"\"hello-world\"" {
                 bail!("warm call answered {status}");
             }
-            task_ids.extend(task_id);
+            task_ids.extend(task_id.map(|id| (id, sent, answered)));
             if Instant::now() > deadline {
                 break;
             }
@@ -194,8 +197,8 @@ async fn measure_all(
         // read after the timing so the reads do not disturb it.
         let mut hops = hops::Hops::default();
         let step = (task_ids.len() / 200).max(1);
-        for id in task_ids.iter().step_by(step) {
-            hops.add(&api.task(id, None).await?);
+        for (id, sent, answered) in task_ids.iter().step_by(step) {
+            hops.add_call(&api.task(id, None).await?, *sent, *answered);
         }
         out["latency"]["hops"] = hops.summary();
     }

@@ -8,6 +8,9 @@ use serde_json::{json, Value};
 /// One task's stamps, in microseconds since the epoch (0 where a hop did not stamp).
 #[derive(Clone, Copy, Debug, Default)]
 struct Stamps {
+    /// When the client sent the request and had the answer (synchronous calls only).
+    client_sent: i64,
+    client_answered: i64,
     received: i64,
     accepted: i64,
     dispatched: i64,
@@ -45,6 +48,8 @@ impl Stamps {
                 .map_or(0, |t| t.at)
         };
         Stamps {
+            client_sent: 0,
+            client_answered: 0,
             received: at("received"),
             accepted: at("waiting-for-nodes"),
             dispatched: at("waiting-for-launch"),
@@ -68,6 +73,8 @@ impl Stamps {
         };
         let timing = |key: &str| task["timing"][key].as_i64().unwrap_or(0);
         Stamps {
+            client_sent: 0,
+            client_answered: 0,
             received: at("received"),
             accepted: at("waiting-for-nodes"),
             dispatched: at("waiting-for-launch"),
@@ -87,6 +94,7 @@ type Point = fn(&Stamps) -> i64;
 
 /// The hops, each as (name, from, to).
 const HOPS: &[(&str, Span)] = &[
+    ("client_to_service", |s| (s.client_sent, s.received)),
     ("service_to_agent", |s| (s.received, s.accepted)),
     ("interchange_queue", |s| (s.accepted, s.dispatched)),
     ("manager_to_worker", |s| (s.dispatched, s.exec_start)),
@@ -94,6 +102,8 @@ const HOPS: &[(&str, Span)] = &[
     ("worker_to_manager", |s| (s.exec_end, s.manager_sent)),
     ("manager_to_agent", |s| (s.manager_sent, s.agent_sent)),
     ("agent_to_service", |s| (s.agent_sent, s.completed)),
+    // The result's commit, the caller's wake-up and the HTTP answer.
+    ("service_to_client", |s| (s.completed, s.client_answered)),
 ];
 
 /// The points a task passes, in order.
@@ -113,9 +123,13 @@ pub struct Hops {
 }
 
 impl Hops {
-    /// Notes one finished task's view (`GET /v1/results` or a task view).
-    pub fn add(&mut self, task: &Value) {
-        self.tasks.push(Stamps::from_view(task));
+    /// Notes a synchronous call's task view with when the client sent it and had the
+    /// answer (microseconds since the epoch, the clock the other stamps use).
+    pub fn add_call(&mut self, task: &Value, sent: i64, answered: i64) {
+        let mut stamps = Stamps::from_view(task);
+        stamps.client_sent = sent;
+        stamps.client_answered = answered;
+        self.tasks.push(stamps);
     }
 
     /// Notes one finished task's transitions and timing, decoded without a value tree.
@@ -187,9 +201,12 @@ mod tests {
             })
         };
         let mut hops = Hops::default();
-        hops.add(&view(1_000_000));
-        hops.add(&view(1_003_000));
+        for base in [1_000_000, 1_003_000] {
+            hops.add_call(&view(base), base - 70, base + 2300);
+        }
         let summary = hops.summary();
+        assert_eq!(summary["client_to_service"]["p50_ms"], 0.07);
+        assert_eq!(summary["service_to_client"]["max_ms"], 0.2);
         assert_eq!(summary["service_to_agent"]["p50_ms"], 0.01);
         assert_eq!(summary["function"]["max_ms"], 1.0);
         assert_eq!(summary["agent_to_service"]["p50_ms"], 1.0);
