@@ -227,13 +227,21 @@ fn on_results(app: &Arc<App>, endpoint: EndpointId, sender: &LinkSender, results
         .into_iter()
         .map(|result| Arc::new(within_limits(result, limit)))
         .collect();
+    // Queued for the store first, so that a read which finds one of them uncommitted
+    // and waits for the store's next commit waits for this one.
     let stored = app
         .store
         .store_results(endpoint, results.clone(), now_micros());
+    // The invoke trigger's callers answer with the result itself: they need not wait for
+    // the commit.
+    app.waiters.on_results_arrived(endpoint, &results);
     let app = app.clone();
     let sender = sender.clone();
     tokio::spawn(async move {
-        let fates = match stored.await {
+        let stored = stored.await;
+        app.waiters
+            .on_results_settled(results.iter().map(|result| result.task_id));
+        let fates = match stored {
             Ok(fates) => fates,
             Err(e) => {
                 // Not acknowledged: the agent keeps them and sends them again.

@@ -48,7 +48,7 @@ pub(super) async fn invoke(
     let payload = submit::single_argument_payload(&body)?;
     let task_id = TaskId::new();
     // Registered before the task can reach the agent, so its result cannot slip past.
-    let mut waiter = app.waiters.wait_for(task_id);
+    let mut waiter = app.waiters.wait_for_arrival(task_id, endpoint.id);
     let task = PreparedTask {
         id: task_id,
         function,

@@ -106,6 +106,10 @@ pub(super) async fn get(
     let task_id: TaskId = id.parse().map_err(|_| not_found())?;
     // Registered before the read, so a result committed in between still wakes us.
     let mut waiter = (!wait.is_zero()).then(|| app.waiters.wait_for(task_id));
+    // A result the invoke trigger may already have answered with is read once stored.
+    if app.waiters.is_uncommitted(&task_id) {
+        app.store.flush().await?;
+    }
     let row = own_task(&app, &user, task_id)
         .await?
         .ok_or_else(not_found)?;
@@ -149,6 +153,9 @@ pub(super) async fn status(
         .iter()
         .filter_map(|id| id.parse().ok())
         .collect();
+    if app.waiters.any_uncommitted(ids.iter()) {
+        app.store.flush().await?;
+    }
     let rows = app.store.tasks(ids).await?;
     let mut tasks: BTreeMap<String, TaskView> = BTreeMap::new();
     for row in rows.into_iter().filter(|row| row.owner == *user.name) {

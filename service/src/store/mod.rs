@@ -278,6 +278,13 @@ impl Store {
         }
     }
 
+    /// Resolves once every write queued before this call is committed: a read that must
+    /// see a write already queued (a result the caller was answered with) waits for it.
+    pub(crate) fn flush(&self) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+        let done = self.durable(WriteOp::Flush);
+        async move { done.await.map(|_| ()) }
+    }
+
     /// Asks the writer thread to commit what it holds and exit.
     pub(crate) fn stop_writer(&self) {
         let _ = self.commands.send(Command::Stop);

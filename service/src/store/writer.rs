@@ -81,6 +81,8 @@ pub(crate) enum WriteOp {
         results: Vec<Arc<TaskResult>>,
         completed_at: Micros,
     },
+    /// Nothing: answered once everything queued before it is committed.
+    Flush,
 }
 
 impl WriteOp {
@@ -317,6 +319,7 @@ impl Writer {
 
     fn apply(&mut self, op: WriteOp) -> Result<Applied, StoreError> {
         match op {
+            WriteOp::Flush => {}
             WriteOp::CreateUser(user) => {
                 self.conn
                     .prepare_cached(
