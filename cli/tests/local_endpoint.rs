@@ -57,6 +57,17 @@ fn hello_world_round_trip_with_transitions_and_output() {
     let timing = &task["timing"];
     assert!(timing["exec_start"].as_i64().unwrap() <= timing["exec_end"].as_i64().unwrap());
 
+    // Read right after its answer, a task is finished: the invoke trigger answers when
+    // the result arrives, and a read of a task whose result is not committed yet waits
+    // for the commit.
+    for _ in 0..50 {
+        let (status, body, task_id) = stack.invoke("ep", &f, "\"again\"");
+        assert_eq!(status, 200, "{body}");
+        let task = stack.get(&format!("/v1/tasks/{task_id}")).unwrap();
+        assert_eq!(task["state"], "success", "{task}");
+        assert_eq!(task["result"], json!("again"));
+    }
+
     // The endpoint view shows the manager and its workers.
     let view = stack.get("/v1/endpoints/ep").unwrap();
     assert_eq!(view["connected"], true);
