@@ -41,6 +41,11 @@ impl ReadyQueue {
         self.lock().push_front((task, kind));
     }
 
+    /// Whether no task is lined up.
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
     /// Everything still lined up, oldest first (the main thread takes it back).
     pub fn drain(&self) -> Vec<(TaskSpec, WorkerKind)> {
         self.lock().drain(..).collect()

@@ -11,7 +11,7 @@ use scifaas_protocol::interchange::{InterchangeMessage, ManagerMessage, Registra
 use scifaas_protocol::time::now_micros;
 use scifaas_protocol::{
     decode, decode_message, encode, BlockId, ContainerSpec, ErrorKind, ManagerId, TaskError,
-    TaskId, TaskResult, TaskSpec, PROTOCOL_VERSION,
+    TaskResult, TaskSpec, PROTOCOL_VERSION,
 };
 use scifaas_worker::{ContainerRuntimes, WorkerCommand};
 use std::collections::{HashMap, VecDeque};
@@ -229,7 +229,6 @@ pub fn run(config: ManagerConfig) -> anyhow::Result<()> {
         default_kind,
         idle_timeout: config.worker_idle_timeout,
         queue: VecDeque::new(),
-        lined_up: HashMap::new(),
         held: Vec::new(),
         held_since: None,
         period,
@@ -257,9 +256,6 @@ struct Manager {
     idle_timeout: Option<Duration>,
     /// Tasks received beyond the free slots (the interchange's prefetch).
     queue: VecDeque<TaskSpec>,
-    /// The walltimes of the tasks lined up in the ready queue (or taken from it by a
-    /// slot that has not reported it yet).
-    lined_up: HashMap<TaskId, Option<Duration>>,
     /// Results not sent yet ([`Manager::send_results`]), and since when.
     held: Vec<TaskResult>,
     held_since: Option<Instant>,
@@ -386,12 +382,11 @@ impl Manager {
                 } => {
                     self.pool.on_done(slot, kind.clone());
                     results.push(result);
-                    if let (Some(task_id), Some(kind)) = (next, kind) {
-                        let walltime = self.lined_up.remove(&task_id).flatten();
+                    if let (Some(next), Some(kind)) = (next, kind) {
                         let running = Running {
-                            task_id,
-                            deadline: walltime.map(|w| Instant::now() + w),
-                            walltime,
+                            task_id: next.task_id,
+                            deadline: next.walltime.map(|w| Instant::now() + w),
+                            walltime: next.walltime,
                         };
                         self.pool.assign(slot, &kind, Placement::Warm, running);
                     }
@@ -456,7 +451,6 @@ impl Manager {
         // be better placed on a free slot.
         let back = self.shared.ready.drain();
         for (task, _) in back.into_iter().rev() {
-            self.lined_up.remove(&task.task_id);
             self.queue.push_front(task);
         }
         self.dispatch_to_free_slots();
@@ -481,8 +475,6 @@ impl Manager {
             }
             *left -= 1;
             let task = self.queue.remove(i).expect("index within the queue");
-            self.lined_up
-                .insert(task.task_id, task.walltime_ms.map(Duration::from_millis));
             self.shared.ready.push(task, kind);
         }
     }
@@ -596,7 +588,8 @@ impl Manager {
     }
 
     fn idle(&self) -> bool {
-        self.queue.is_empty() && self.lined_up.is_empty() && self.pool.busy_count() == 0
+        // A task a slot took from the ready queue keeps that slot busy until it reports.
+        self.queue.is_empty() && self.shared.ready.is_empty() && self.pool.busy_count() == 0
     }
 
     fn send(&mut self, message: &ManagerMessage) -> anyhow::Result<()> {

@@ -45,13 +45,28 @@ pub enum SlotEvent {
         slot: usize,
         result: TaskResult,
         kind: Option<WorkerKind>,
-        next: Option<TaskId>,
+        next: Option<Lined>,
     },
     /// The slot had to start a worker for its task, which runs from now on (its walltime
     /// starts now).
     Started { slot: usize },
     /// The slot's worker is gone and could not be replaced.
     Empty { slot: usize },
+}
+
+/// A task a slot took from the ready queue, as the main thread tracks it.
+pub struct Lined {
+    pub task_id: TaskId,
+    pub walltime: Option<Duration>,
+}
+
+impl Lined {
+    fn of(task: &TaskSpec) -> Lined {
+        Lined {
+            task_id: task.task_id,
+            walltime: task.walltime_ms.map(Duration::from_millis),
+        }
+    }
 }
 
 /// What every slot shares.
@@ -226,7 +241,7 @@ impl SlotState {
                 slot: self.slot,
                 result: result.0,
                 kind: holds,
-                next: next.as_ref().map(|(t, _)| t.task_id),
+                next: next.as_ref().map(|(t, _)| Lined::of(t)),
             }) {
                 break;
             }

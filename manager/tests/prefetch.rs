@@ -5,7 +5,7 @@
 mod common;
 
 use common::{config, error, task, value, whoami, Harness};
-use scifaas_protocol::{ErrorKind, TaskId};
+use scifaas_protocol::{ErrorKind, FunctionSpec, TaskId, TaskResult, TaskSpec};
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
@@ -61,31 +61,44 @@ fn a_lined_up_task_keeps_its_walltime_and_the_one_behind_it_still_runs() {
     harness.shutdown();
 }
 
-#[test]
-fn results_held_for_company_still_go_out_while_a_long_task_runs() {
-    let mut harness = Harness::start(config(2));
-    let f = whoami(None);
-    let long = task(&f, r#"{"args":[3],"kwargs":{}}"#);
-    let quick: Vec<_> = (0..20)
-        .map(|_| task(&f, r#"{"args":[],"kwargs":{}}"#))
-        .collect();
+/// Sends a 3 s task followed by `quick` no-op ones, and checks that all the quick ones
+/// (and the `also` results still due) come back well before the long one ends. Answers
+/// the results that came back early.
+fn quick_tasks_pass_a_long_one(
+    harness: &mut Harness,
+    f: &FunctionSpec,
+    quick: usize,
+    also: usize,
+) -> (Vec<TaskResult>, TaskSpec) {
+    let long = task(f, r#"{"args":[3],"kwargs":{}}"#);
     let mut tasks = vec![long.clone()];
-    tasks.extend(quick.iter().cloned());
+    tasks.extend((0..quick).map(|_| task(f, r#"{"args":[],"kwargs":{}}"#)));
     let sent = Instant::now();
     harness.send_tasks(tasks);
-    // While the long task runs, each quick result may wait a little for others, but not
-    // for the long task.
-    let early = harness.results(quick.len(), Duration::from_secs(10));
+    let early = harness.results(quick + also, Duration::from_secs(10));
     assert!(
         sent.elapsed() < Duration::from_millis(2500),
         "quick results took {:?}",
         sent.elapsed()
     );
     assert!(early.iter().all(|r| r.task_id != long.task_id));
-    let quick_ids: HashSet<TaskId> = quick.iter().map(|t| t.task_id).collect();
+    (early, long)
+}
+
+#[test]
+fn results_held_for_company_still_go_out_while_a_long_task_runs() {
+    let mut harness = Harness::start(config(2));
+    let f = whoami(None);
+    // While the long task runs, each quick result may wait a little for others, but not
+    // for the long task.
+    let (early, long) = quick_tasks_pass_a_long_one(&mut harness, &f, 20, 0);
     assert_eq!(
-        early.iter().map(|r| r.task_id).collect::<HashSet<_>>(),
-        quick_ids
+        early
+            .iter()
+            .map(|r| r.task_id)
+            .collect::<HashSet<_>>()
+            .len(),
+        20
     );
     let last = harness.results(1, Duration::from_secs(10));
     assert_eq!(last[0].task_id, long.task_id);
@@ -102,24 +115,9 @@ fn no_task_is_written_behind_a_function_known_to_run_long() {
     let busy: Vec<_> = (0..2)
         .map(|_| task(&f, r#"{"args":[0.3],"kwargs":{}}"#))
         .collect();
-    let busy_ids: HashSet<TaskId> = busy.iter().map(|t| t.task_id).collect();
     harness.send_tasks(busy);
     std::thread::sleep(Duration::from_millis(100));
-    let long = task(&f, r#"{"args":[3],"kwargs":{}}"#);
-    let quick: Vec<_> = (0..10)
-        .map(|_| task(&f, r#"{"args":[],"kwargs":{}}"#))
-        .collect();
-    let mut tasks = vec![long.clone()];
-    tasks.extend(quick.iter().cloned());
-    let sent = Instant::now();
-    harness.send_tasks(tasks);
     // Every quick task runs on the other worker, none waits behind the long one.
-    let early = harness.results(quick.len() + busy_ids.len(), Duration::from_secs(10));
-    assert!(
-        sent.elapsed() < Duration::from_millis(2500),
-        "quick results took {:?}",
-        sent.elapsed()
-    );
-    assert!(early.iter().all(|r| r.task_id != long.task_id));
+    quick_tasks_pass_a_long_one(&mut harness, &f, 10, 2);
     harness.shutdown();
 }

@@ -8,7 +8,7 @@
 //! the others once the store has committed it (they read the task back).
 //!
 //! Answering before the commit must not let the caller then read the task unfinished:
-//! results that arrived and are not committed yet are listed ([`Waiters::is_uncommitted`]),
+//! results that arrived and are not committed yet are listed ([`Waiters::any_uncommitted`]),
 //! and a read of such a task first waits for the store to commit what it was given.
 
 use scifaas_protocol::{EndpointId, TaskId, TaskResult};
@@ -99,13 +99,8 @@ impl Waiters {
         }
     }
 
-    /// Whether the task's result arrived and is not committed yet: a read of it should
-    /// wait for the store to commit (`Store::flush`) before it reads.
-    pub(crate) fn is_uncommitted(&self, task_id: &TaskId) -> bool {
-        lock(&self.uncommitted).contains(task_id)
-    }
-
-    /// Whether any of the tasks' results arrived and is not committed yet.
+    /// Whether any of the tasks' results arrived and is not committed yet: a read of them
+    /// should wait for the store to commit (`Store::flush`) before it reads.
     pub(crate) fn any_uncommitted<'a>(&self, mut ids: impl Iterator<Item = &'a TaskId>) -> bool {
         let uncommitted = lock(&self.uncommitted);
         !uncommitted.is_empty() && ids.any(|id| uncommitted.contains(id))
@@ -217,7 +212,7 @@ mod tests {
         waiters.on_results_arrived(other, std::slice::from_ref(&result));
         assert!(invoke.wait(Duration::from_millis(10)).await.is_none());
         waiters.on_results_arrived(endpoint, std::slice::from_ref(&result));
-        assert!(waiters.is_uncommitted(&id));
+        assert!(waiters.any_uncommitted([id].iter()));
         assert!(invoke.wait(Duration::from_secs(1)).await.is_some());
         // A reader of the task waits for the commit.
         assert!(view.wait(Duration::from_millis(10)).await.is_none());

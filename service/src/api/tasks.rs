@@ -107,7 +107,7 @@ pub(super) async fn get(
     // Registered before the read, so a result committed in between still wakes us.
     let mut waiter = (!wait.is_zero()).then(|| app.waiters.wait_for(task_id));
     // A result the invoke trigger may already have answered with is read once stored.
-    if app.waiters.is_uncommitted(&task_id) {
+    if app.waiters.any_uncommitted([task_id].iter()) {
         app.store.flush().await?;
     }
     let row = own_task(&app, &user, task_id)

@@ -180,6 +180,12 @@ struct Writer {
 /// moving the task to `waiting-for-nodes` first would be a write for nothing. With many
 /// short tasks, most acceptances share a commit with their results.
 fn skip_superseded_acceptances(batch: &mut [Job]) {
+    if !batch
+        .iter()
+        .any(|job| matches!(job.op, WriteOp::MarkAccepted { .. }))
+    {
+        return;
+    }
     let finishing: HashSet<(EndpointId, TaskId)> = batch
         .iter()
         .filter_map(|job| match &job.op {
