@@ -1,6 +1,7 @@
 //! `scifaas`: one binary for the service, the endpoint agent, the manager that pilot
 //! jobs run, the client, the demo and the benchmarks.
 
+mod allocator;
 mod bench;
 mod client;
 mod demo;
@@ -58,6 +59,7 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    allocator::tune();
     let cli = Cli::parse();
     init_logging(matches!(cli.command, Command::Demo(_) | Command::Bench(_)));
     let outcome = match cli.command {
