@@ -12,7 +12,8 @@
 //! Threads: the main thread owns the ZeroMQ DEALER and all scheduling state
 //! ([`run::Manager`]); each worker slot is a thread that owns one worker process
 //! ([`slot`]). Slots report back over a channel and wake the main thread through an
-//! inproc ZeroMQ socket, so one `zmq::poll` waits for both the interchange and the slots.
+//! inproc ZeroMQ socket, so one `zmq::poll` waits for both the interchange and the slots
+//! ([`reports`]: not for a task done while the main thread holds results anyway).
 //! Tasks the interchange prefetched are lined up behind busy workers of their kind
 //! ([`ready`]), so a slot goes from one task to the next without the main thread.
 
@@ -20,6 +21,7 @@ mod failures;
 mod node;
 mod pool;
 mod ready;
+mod reports;
 mod run;
 mod slot;
 

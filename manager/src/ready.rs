@@ -4,10 +4,13 @@
 //! With the interchange's prefetch the manager holds more tasks than it has free workers.
 //! Handing each of them to a slot only when the slot reports its previous task done puts
 //! two thread wake-ups (slot -> main -> slot) between one task and the next on the same
-//! worker; taking it from this queue puts none. The main thread lines up at most one task
-//! per busy worker of a kind, and takes back whatever is left whenever it dispatches, so a
-//! task never waits here while a worker of its kind is free: a slot that finds nothing
-//! here reports itself free, and the main thread then hands it work directly.
+//! worker; taking it from this queue puts none. The main thread lines up every queued
+//! task of a kind that has a busy worker (the line is shared: whichever worker of the kind
+//! finishes first takes the oldest), and takes back whatever is left whenever it
+//! dispatches, so a task never waits here while a worker of its kind is free: a slot that
+//! finds nothing here reports itself free, and the main thread then hands it work
+//! directly. With the whole prefetch lined up, a stream of short tasks runs from here
+//! without the main thread (which then only batches the results, see `run.rs`).
 
 use crate::pool::WorkerKind;
 use scifaas_protocol::TaskSpec;

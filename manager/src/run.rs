@@ -5,6 +5,7 @@ use crate::failures::StartFailures;
 use crate::node::node_name;
 use crate::pool::{Placement, Pool, Running, WorkerKind};
 use crate::ready::ReadyQueue;
+use crate::reports::{self, Reports};
 use crate::slot::{spawn_slot, SlotEvent, SlotHandle, SlotOrder, SlotShared};
 use anyhow::{bail, Context};
 use scifaas_protocol::interchange::{InterchangeMessage, ManagerMessage, Registration};
@@ -189,7 +190,7 @@ pub fn run(config: ManagerConfig) -> anyhow::Result<()> {
     let wake_addr = format!("inproc://slot-wake-{}", manager_id.0);
     let wake_rx = context.socket(zmq::PULL)?;
     wake_rx.bind(&wake_addr)?;
-    let (events_tx, events_rx) = mpsc::channel();
+    let (report_queue, reports) = reports::channel();
     let shared = SlotShared {
         runtimes: config.containers.clone(),
         failures: Arc::new(StartFailures::new(config.start_retry_after)),
@@ -215,8 +216,7 @@ pub fn run(config: ManagerConfig) -> anyhow::Result<()> {
                 base,
                 default_kind.clone(),
                 shared.clone(),
-                events_tx.clone(),
-                wake,
+                report_queue.sender(wake),
             )
         })
         .collect();
@@ -238,7 +238,7 @@ pub fn run(config: ManagerConfig) -> anyhow::Result<()> {
         draining: false,
         drain_at,
     };
-    let outcome = manager.serve(&wake_rx, &events_rx, &signals_rx);
+    let outcome = manager.serve(&wake_rx, &reports, &signals_rx);
     // Results still held go out before the manager does (best effort: the interchange
     // may be gone, and it runs again whatever it never heard back about).
     let _ = manager.send_results(true);
@@ -272,11 +272,12 @@ impl Manager {
     fn serve(
         &mut self,
         wake_rx: &zmq::Socket,
-        events: &mpsc::Receiver<SlotEvent>,
+        reports: &Reports,
         signals: &std::os::unix::net::UnixStream,
     ) -> anyhow::Result<()> {
         use std::os::fd::AsRawFd;
         loop {
+            self.publish_holding(reports)?;
             let mut timeout = self.poll_timeout();
             if let Some(at) = self.drain_at.filter(|_| !self.draining) {
                 timeout = timeout.min(at.saturating_duration_since(Instant::now()));
@@ -305,8 +306,10 @@ impl Manager {
             }
             if slots_ready {
                 while wake_rx.recv_bytes(zmq::DONTWAIT).is_ok() {}
-                self.on_slot_events(events)?;
             }
+            // Every time round, woken or not: a slot does not wake us for a task done
+            // while we hold results (and the poll's timeout is the hold's end).
+            self.on_slot_events(reports)?;
             if interchange_ready {
                 // Decoded from ZeroMQ's own buffer: no copy of the tasks first.
                 while let Ok(frame) = self.dealer.recv_msg(zmq::DONTWAIT) {
@@ -370,9 +373,28 @@ impl Manager {
         Ok(false)
     }
 
-    fn on_slot_events(&mut self, events: &mpsc::Receiver<SlotEvent>) -> anyhow::Result<()> {
+    /// Tells the slots whether we hold results (`reports.rs`). On clearing the flag,
+    /// reads the reports once more: one queued by a slot that still saw it set did not
+    /// wake us.
+    fn publish_holding(&mut self, reports: &Reports) -> anyhow::Result<()> {
+        if !self.held.is_empty() {
+            reports.set_holding(true);
+            return Ok(());
+        }
+        reports.set_holding(false);
+        self.on_slot_events(reports)?;
+        if !self.held.is_empty() {
+            reports.set_holding(true);
+        }
+        Ok(())
+    }
+
+    fn on_slot_events(&mut self, reports: &Reports) -> anyhow::Result<()> {
+        let Some(first) = reports.next() else {
+            return Ok(());
+        };
         let mut results = std::mem::take(&mut self.held);
-        while let Ok(event) = events.try_recv() {
+        for event in std::iter::once(first).chain(std::iter::from_fn(|| reports.next())) {
             match event {
                 SlotEvent::Done {
                     slot,
@@ -457,26 +479,26 @@ impl Manager {
         self.line_up();
     }
 
-    /// Lines up queued tasks behind busy workers of their kind, at most one per worker.
+    /// Lines up the queued tasks of every kind that has a busy worker behind those
+    /// workers (`ready.rs`); the others wait here for a slot to come free.
     fn line_up(&mut self) {
         if self.queue.is_empty() || self.draining {
             return;
         }
-        let mut room: HashMap<WorkerKind, usize> = HashMap::new();
-        let mut i = 0;
-        while i < self.queue.len() {
-            let kind = self.kind_of(&self.queue[i]);
-            let left = room
-                .entry(kind.clone())
-                .or_insert_with(|| self.pool.busy_of_kind(&kind));
-            if *left == 0 || self.shared.failures.recent(&kind).is_some() {
-                i += 1;
-                continue;
+        let mut lined: HashMap<WorkerKind, bool> = HashMap::new();
+        let mut kept = VecDeque::with_capacity(self.queue.len());
+        while let Some(task) = self.queue.pop_front() {
+            let kind = self.kind_of(&task);
+            let line = *lined.entry(kind.clone()).or_insert_with(|| {
+                self.pool.busy_of_kind(&kind) > 0 && self.shared.failures.recent(&kind).is_none()
+            });
+            if line {
+                self.shared.ready.push(task, kind);
+            } else {
+                kept.push_back(task);
             }
-            *left -= 1;
-            let task = self.queue.remove(i).expect("index within the queue");
-            self.shared.ready.push(task, kind);
         }
+        self.queue = kept;
     }
 
     /// Hands queued tasks to free slots ([`Pool::choose`]), oldest first; a task that

@@ -6,6 +6,7 @@
 use crate::failures::StartFailures;
 use crate::pool::WorkerKind;
 use crate::ready::ReadyQueue;
+use crate::reports::ReportSender;
 use scifaas_protocol::{
     Actor, ErrorKind, TaskError, TaskId, TaskResult, TaskSpec, TaskState, Transition,
 };
@@ -52,6 +53,14 @@ pub enum SlotEvent {
     Started { slot: usize },
     /// The slot's worker is gone and could not be replaced.
     Empty { slot: usize },
+}
+
+impl SlotEvent {
+    /// Whether this report may wait for the main thread to come by while it holds
+    /// results (`reports.rs`): a task done while the slot goes on with one it took itself.
+    pub fn may_wait_for_main(&self) -> bool {
+        matches!(self, SlotEvent::Done { next: Some(_), .. })
+    }
 }
 
 /// A task a slot took from the ready queue, as the main thread tracks it.
@@ -114,15 +123,14 @@ impl SlotHandle {
 
 /// Starts a slot thread, which starts a worker of `initial` kind at once so that the
 /// first task finds it warm. `base` is the command of a worker outside any container
-/// (with this slot's accelerator pinned in its environment). `wake` is called after
-/// each event is queued, so the main thread's poll returns.
-pub fn spawn_slot(
+/// (with this slot's accelerator pinned in its environment). The slot reports through
+/// `reports`, which wakes the main thread's poll when it must.
+pub fn spawn_slot<W: Fn() + Send + 'static>(
     slot: usize,
     base: WorkerCommand,
     initial: WorkerKind,
     shared: SlotShared,
-    events: Sender<SlotEvent>,
-    wake: impl Fn() + Send + 'static,
+    reports: ReportSender<W>,
 ) -> SlotHandle {
     let (orders_tx, orders) = std::sync::mpsc::channel();
     let walltime_hit = Arc::new(AtomicBool::new(false));
@@ -141,7 +149,7 @@ pub fn spawn_slot(
     // PR_SET_PDEATHSIG, which follows the spawning *thread*) keeps the worker alive.
     let thread = std::thread::Builder::new()
         .name(format!("slot-{slot}"))
-        .spawn(move || state.serve(initial, orders, events, wake))
+        .spawn(move || state.serve(initial, orders, reports))
         .expect("spawning a slot thread");
     SlotHandle {
         orders: orders_tx,
@@ -167,8 +175,7 @@ impl SlotState {
         mut self,
         initial: WorkerKind,
         orders: Receiver<SlotOrder>,
-        events: Sender<SlotEvent>,
-        wake: impl Fn(),
+        reports: ReportSender<impl Fn()>,
     ) {
         // Workers inherit this thread's timer slack (fork and exec keep it). Linux lets a
         // sleeping thread wake up to 50 us late so that wake-ups can be coalesced to
@@ -178,7 +185,7 @@ impl SlotState {
         if let Err(e) = nix::sys::prctl::set_timerslack(1) {
             tracing::debug!(slot = self.slot, "cannot set the timer slack: {e}");
         }
-        let send = |event| events.send(event).map(|()| wake()).is_ok();
+        let send = |event: SlotEvent| reports.send(event);
         if self.start(&initial).is_err() && !send(SlotEvent::Empty { slot: self.slot }) {
             return;
         }
