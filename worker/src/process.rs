@@ -15,7 +15,7 @@ use nix::fcntl::{fcntl, FcntlArg};
 use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use scifaas_protocol::{ErrorKind, Outcome, TaskError, TaskId, TaskSpec};
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::io::{BufReader, IoSlice, Write};
 use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;
@@ -72,11 +72,25 @@ pub struct Worker {
     /// The prefix and header of the task frame being sent (its body is written from the
     /// task's own buffers).
     frame: Vec<u8>,
-    /// The task written behind the running one, not answered yet, and whether its
-    /// source went with it.
-    ahead: Option<(TaskId, bool)>,
+    /// The tasks written to the worker and not answered yet, oldest (the running one)
+    /// first.
+    written: VecDeque<Written>,
     /// The size of the pipe into the worker.
     pipe_capacity: usize,
+}
+
+/// A task written to the worker and not answered yet.
+struct Written {
+    task_id: TaskId,
+    /// Whether its function's source went with it.
+    with_source: bool,
+    /// About how many bytes its frame took in the pipe.
+    frame_len: usize,
+}
+
+/// About how many bytes a task's frame takes in the pipe (at most: the source may not go).
+fn frame_len(task: &TaskSpec) -> usize {
+    task.payload.len() + task.function.source.len() + FRAME_OVERHEAD
 }
 
 impl Worker {
@@ -142,7 +156,7 @@ impl Worker {
             max_result_bytes: options.max_result_bytes,
             unusable: None,
             frame: Vec::new(),
-            ahead: None,
+            written: VecDeque::new(),
             pipe_capacity,
         };
 
@@ -238,57 +252,68 @@ impl Worker {
     /// `Err` means the worker failed (died, was killed, broke the protocol) and must be
     /// replaced, except for [`WorkerError::TooLarge`].
     pub fn run(&mut self, task: &TaskSpec) -> Result<WorkerReply, WorkerError> {
-        self.run_and_send_ahead(task, None).0
+        self.run_and_send_ahead(task, &[]).0
     }
 
-    /// Runs one task like [`Worker::run`], and writes `next` to the worker behind it, so
-    /// that the worker starts `next` the moment `task` ends instead of waiting for the
-    /// manager to read a result and write a task. Answers whether `next` was written; if
-    /// it was, the worker must run it next (by this call, with `next` as `task`). Only a
-    /// task whose frame fits the pipe with the running one's is written ahead, so that
-    /// the write never waits for the worker (which may be waiting for us to read its
-    /// result). If the worker fails, a task written ahead was not run.
+    /// Runs one task like [`Worker::run`], and first writes `next` to the worker behind
+    /// it (and behind any task written ahead before), so that the worker starts each the
+    /// moment the one before ends instead of waiting for the manager to read a result and
+    /// write a task. Answers how many of `next` were written, in order; the worker must
+    /// run those next (by this call, each in turn as `task`). Tasks are written ahead only
+    /// while every frame not answered yet fits half the pipe, so that a write never waits
+    /// for the worker (which may be waiting for us to read its result). If the worker
+    /// fails, the tasks written behind the failed one did not run.
     pub fn run_and_send_ahead(
         &mut self,
         task: &TaskSpec,
-        next: Option<&TaskSpec>,
-    ) -> (Result<WorkerReply, WorkerError>, bool) {
+        next: &[&TaskSpec],
+    ) -> (Result<WorkerReply, WorkerError>, usize) {
         if let Some(why) = &self.unusable {
-            return (Err(WorkerError::Unusable(why.clone())), false);
+            return (Err(WorkerError::Unusable(why.clone())), 0);
         }
-        let sent_source = match self.ahead.take() {
-            Some((id, with_source)) if id == task.task_id => with_source,
-            Some((id, _)) => {
+        match self.written.front() {
+            Some(front) if front.task_id == task.task_id => {}
+            Some(front) => {
                 let message = format!(
-                    "task {id} was written ahead, but {} came next",
-                    task.task_id
+                    "task {} was written ahead, but {} came next",
+                    front.task_id, task.task_id
                 );
-                return (Err(self.protocol_error(message)), false);
+                return (Err(self.protocol_error(message)), 0);
             }
             None => {
-                let with_source = !self.known.contains(&task.function.hash);
-                if let Err(e) = self.write_task(task, with_source) {
-                    return (Err(e), false);
+                if let Err(e) = self.write(task) {
+                    return (Err(e), 0);
                 }
-                with_source
             }
-        };
-        let mut sent_next = false;
-        if let Some(next) = next.filter(|next| self.fits_ahead(task, next)) {
-            let with_source = !self.known.contains(&next.function.hash);
-            if let Err(e) = self.write_task(next, with_source) {
-                return (Err(e), false);
-            }
-            self.ahead = Some((next.task_id, with_source));
-            sent_next = true;
         }
-        (self.finish_task(task, sent_source), sent_next)
+        let mut sent = 0;
+        for next in next {
+            let in_flight: usize = self.written.iter().map(|w| w.frame_len).sum();
+            if in_flight + frame_len(next) > self.pipe_capacity / 2 {
+                break;
+            }
+            // One that cannot be written (too large a header) runs on its own later and
+            // fails then; a worker that died shows in the reply read below.
+            if self.write(next).is_err() {
+                break;
+            }
+            sent += 1;
+        }
+        let sent_source = self.written.front().is_some_and(|w| w.with_source);
+        (self.finish_task(task, sent_source), sent)
     }
 
-    /// Whether `next` may be written while `task` may still be partly in the pipe.
-    fn fits_ahead(&self, task: &TaskSpec, next: &TaskSpec) -> bool {
-        let frame = |t: &TaskSpec| t.payload.len() + t.function.source.len() + FRAME_OVERHEAD;
-        frame(task) + frame(next) <= self.pipe_capacity / 2
+    /// Writes a task, with its function's source unless the worker has it, and notes it
+    /// as written.
+    fn write(&mut self, task: &TaskSpec) -> Result<(), WorkerError> {
+        let with_source = !self.known.contains(&task.function.hash);
+        self.write_task(task, with_source)?;
+        self.written.push_back(Written {
+            task_id: task.task_id,
+            with_source,
+            frame_len: frame_len(task),
+        });
+        Ok(())
     }
 
     /// Reads the result of `task`, already written, and notes whether the worker now
@@ -300,8 +325,9 @@ impl Worker {
     ) -> Result<WorkerReply, WorkerError> {
         let hash = &task.function.hash;
         let mut reply = self.read_reply(task.task_id)?;
+        self.written.pop_front();
         if !sent_source && is_unknown_function(&reply) {
-            if self.ahead.is_some() {
+            if !self.written.is_empty() {
                 // Resending would put this task behind the one written ahead.
                 let message = format!("the worker lost function {hash} with a task queued");
                 return Err(self.protocol_error(message));
