@@ -71,8 +71,9 @@ pub(super) const FINISHED_AFTER: &str = concat!(
 
 /// A page of an endpoint's unfinished tasks in rowid order, with their payloads.
 pub(super) const PENDING_PAGE: &str =
-    "SELECT t.rowid, t.id, t.function_id, t.state, p.payload, p.segment, p.offset, p.length
-     FROM tasks t JOIN task_payloads p ON p.task_rowid = t.rowid
+    "SELECT t.rowid, t.id, t.function_id, t.state, COALESCE(t.small_payload, p.payload),
+         p.segment, p.offset, p.length
+     FROM tasks t LEFT JOIN task_payloads p ON p.task_rowid = t.rowid
      WHERE t.endpoint_id = ?1 COLLATE BINARY AND t.done_seq IS NULL
          AND t.rowid > ?2 AND t.rowid <= ?3
      ORDER BY t.rowid LIMIT ?4 + 0";
@@ -160,12 +161,14 @@ pub(super) fn pending_page(
     let rows = statement.query_map(
         params![endpoint_id.to_string(), after_rowid, up_to_rowid, limit],
         |row| {
+            // In the row, or in a segment; a row with neither is a damaged one (read
+            // as a segment that does not exist, and skipped below).
             let place = match row.get::<_, Option<Vec<u8>>>(4)? {
                 Some(bytes) => Ok(bytes),
                 None => Err((
-                    row.get::<_, i64>(5)?,
-                    row.get::<_, i64>(6)?,
-                    row.get::<_, i64>(7)?,
+                    row.get::<_, Option<i64>>(5)?.unwrap_or(-1),
+                    row.get::<_, Option<i64>>(6)?.unwrap_or(-1),
+                    row.get::<_, Option<i64>>(7)?.unwrap_or(-1),
                 )),
             };
             Ok((

@@ -51,6 +51,9 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     if !has_column("functions", "container")? {
         conn.execute_batch("ALTER TABLE functions ADD COLUMN container TEXT")?;
     }
+    if !has_column("tasks", "small_payload")? {
+        conn.execute_batch("ALTER TABLE tasks ADD COLUMN small_payload BLOB")?;
+    }
     if has_column("tasks", "payload")? {
         // Before payloads had their own table: move those of unfinished tasks (the
         // others are never read again), drop the column and the indexes replaced by
@@ -120,6 +123,8 @@ CREATE TABLE IF NOT EXISTS endpoints (
 -- transitions: JSON array of {state, at, actor}; error: JSON {kind, type, message,
 -- traceback}; timing: JSON {exec_start, exec_end, manager_sent, agent_sent, completed}.
 -- done_seq: the service-wide order in which tasks finished, NULL until then.
+-- small_payload: the arguments of an unfinished task when they are small (see
+-- task_payloads), NULL otherwise and once it finished.
 CREATE TABLE IF NOT EXISTS tasks (
     id           TEXT PRIMARY KEY,
     owner        TEXT NOT NULL,
@@ -134,13 +139,16 @@ CREATE TABLE IF NOT EXISTS tasks (
     timing       TEXT,
     created_at   INTEGER NOT NULL,
     completed_at INTEGER,
-    done_seq     INTEGER
+    done_seq     INTEGER,
+    small_payload BLOB
 );
 
--- The arguments of unfinished tasks, keyed by their task's rowid. Apart from the task's
--- row because SQLite rewrites a whole row (overflow pages included) on every update,
--- and a task's row is updated several times on its way; deleted once the task finishes
--- (nothing reads the arguments of a finished task). payload: the bytes, or NULL when
+-- The arguments of unfinished tasks, keyed by their task's rowid, when they are larger
+-- than a few hundred bytes. Apart from the task's row because SQLite rewrites a whole
+-- row (overflow pages included) on every update, and a task's row is updated several
+-- times on its way; deleted once the task finishes (nothing reads the arguments of a
+-- finished task). Small arguments stay in the task's row (`small_payload`): rewriting
+-- them costs less than a row here inserted and deleted per task. payload: the bytes, or NULL when
 -- they lie in the segment file `payloads/{segment}.seg` at `offset` (segments.rs).
 CREATE TABLE IF NOT EXISTS task_payloads (
     task_rowid   INTEGER PRIMARY KEY,

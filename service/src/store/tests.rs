@@ -265,6 +265,52 @@ async fn a_finished_task_keeps_no_payload_and_updates_leave_payloads_alone() {
 }
 
 #[tokio::test]
+async fn payloads_of_every_size_come_back_whole_and_none_outlives_its_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, writer) = open(dir.path());
+    let endpoint = EndpointId::new();
+    // In the task's row, in a row of task_payloads, in a segment file.
+    let sizes = [100, 4 << 10, 1 << 20];
+    let tasks: Vec<NewTask> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &size)| NewTask {
+            payload: Bytes::from(vec![b'a' + i as u8; size]),
+            ..new_task(endpoint)
+        })
+        .collect();
+    let ids: Vec<TaskId> = tasks.iter().map(|t| t.id).collect();
+    store.insert_tasks(tasks).await.unwrap();
+    let page = store
+        .pending_page(endpoint, (0, store.task_horizon()), 10)
+        .await
+        .unwrap();
+    assert_eq!(page.len(), 3);
+    for (i, (task, &size)) in page.iter().zip(&sizes).enumerate() {
+        assert_eq!(task.id, ids[i]);
+        assert_eq!(task.payload.len(), size);
+        assert!(task.payload.iter().all(|&b| b == b'a' + i as u8));
+    }
+    let results = ids.iter().map(|&id| result(id, b"1")).collect();
+    store
+        .store_results(endpoint, results, now_micros())
+        .await
+        .unwrap();
+    close(store, writer);
+    let conn = rusqlite::Connection::open(schema::db_path(dir.path())).unwrap();
+    let count = |sql: &str| -> i64 { conn.query_row(sql, [], |row| row.get(0)).unwrap() };
+    assert_eq!(count("SELECT COUNT(*) FROM task_payloads"), 0);
+    assert_eq!(
+        count("SELECT COUNT(*) FROM tasks WHERE small_payload IS NOT NULL"),
+        0
+    );
+    assert_eq!(
+        count("SELECT COUNT(*) FROM tasks WHERE done_seq IS NOT NULL"),
+        3
+    );
+}
+
+#[tokio::test]
 async fn a_database_with_payloads_in_the_tasks_table_is_migrated() {
     let dir = tempfile::tempdir().unwrap();
     let endpoint = EndpointId::new();

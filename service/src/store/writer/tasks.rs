@@ -23,16 +23,32 @@ pub(in crate::store) const MARK_SENT: &str = "UPDATE tasks SET state = 'waiting-
 pub(in crate::store) const MARK_ACCEPTED: &str = "UPDATE tasks SET state = 'waiting-for-nodes'
      WHERE id = ?1 AND endpoint_id = ?2 AND state IN ('received', 'waiting-for-endpoint')";
 
-/// A task of an endpoint: rowid, state, transitions.
-pub(in crate::store) const LOOKUP: &str =
-    "SELECT rowid, state, transitions FROM tasks WHERE id = ?1 AND endpoint_id = ?2";
+/// A task of an endpoint: rowid, state, transitions, and whether its payload has a row
+/// of its own in `task_payloads`.
+pub(in crate::store) const LOOKUP: &str = "SELECT rowid, state, transitions,
+         done_seq IS NULL AND small_payload IS NULL
+     FROM tasks WHERE id = ?1 AND endpoint_id = ?2";
+
+/// Payloads up to this size are kept in the task's row (`tasks.small_payload`), larger
+/// ones in `task_payloads` (schema.rs).
+pub(in crate::store) const SMALL_PAYLOAD_LIMIT: usize = 512;
+
+/// What the writer reads of a task before it changes it.
+pub(super) struct Found {
+    rowid: i64,
+    state: TaskState,
+    transitions: Vec<Transition>,
+    /// Its payload has a row in `task_payloads`, to delete when it finishes.
+    payload_row: bool,
+}
 
 impl Writer {
     pub(super) fn insert_tasks(&mut self, tasks: &[NewTask]) -> Result<RowRange, StoreError> {
         let mut rows = RowRange::EMPTY;
         let mut insert = self.conn.prepare_cached(
-            "INSERT INTO tasks (id, owner, endpoint_id, function_id, state, transitions, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO tasks (id, owner, endpoint_id, function_id, state, transitions, created_at,
+                 small_payload)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )?;
         let mut insert_payload = self.conn.prepare_cached(
             "INSERT INTO task_payloads (task_rowid, payload, segment, offset, length)
@@ -52,10 +68,13 @@ impl Writer {
                 TaskState::Received.as_str(),
                 to_json(&received),
                 task.received_at,
+                (task.payload.len() <= SMALL_PAYLOAD_LIMIT).then_some(&task.payload[..]),
             ])?;
             let rowid = self.conn.last_insert_rowid();
             let payload = &task.payload[..];
-            if payload.len() <= INLINE_LIMIT {
+            if payload.len() <= SMALL_PAYLOAD_LIMIT {
+                // In the task's row already.
+            } else if payload.len() <= INLINE_LIMIT {
                 insert_payload.execute(params![
                     rowid,
                     payload,
@@ -128,7 +147,13 @@ impl Writer {
         task_id: TaskId,
         stamp: Transition,
     ) -> Result<(), StoreError> {
-        let Some((rowid, state, mut transitions)) = self.lookup(endpoint_id, task_id)? else {
+        let Some(Found {
+            rowid,
+            state,
+            mut transitions,
+            ..
+        }) = self.lookup(endpoint_id, task_id)?
+        else {
             return Ok(());
         };
         if state.is_terminal() || stamp.state.is_terminal() {
@@ -145,21 +170,21 @@ impl Writer {
         Ok(())
     }
 
-    /// Rowid, state and transitions of a task of this endpoint.
+    /// A task of this endpoint, as the writer needs it.
     pub(super) fn lookup(
         &mut self,
         endpoint_id: EndpointId,
         task_id: TaskId,
-    ) -> Result<Option<(i64, TaskState, Vec<Transition>)>, StoreError> {
-        let row: Option<(i64, String, String)> = self
+    ) -> Result<Option<Found>, StoreError> {
+        let row: Option<(i64, String, String, bool)> = self
             .conn
             .prepare_cached(LOOKUP)?
             .query_row(
                 params![task_id.to_string(), endpoint_id.to_string()],
-                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
             )
             .optional()?;
-        let Some((rowid, state, transitions)) = row else {
+        let Some((rowid, state, transitions, payload_row)) = row else {
             return Ok(None);
         };
         let Some(state) = TaskState::parse(&state) else {
@@ -167,7 +192,12 @@ impl Writer {
             return Ok(None);
         };
         let transitions = serde_json::from_str(&transitions).unwrap_or_default();
-        Ok(Some((rowid, state, transitions)))
+        Ok(Some(Found {
+            rowid,
+            state,
+            transitions,
+            payload_row,
+        }))
     }
 
     /// Stores a task's result unless it has one; answers what became of it.
@@ -178,7 +208,13 @@ impl Writer {
         completed_at: Micros,
     ) -> Result<ResultFate, StoreError> {
         let task_id = result.task_id;
-        let Some((rowid, state, mut transitions)) = self.lookup(endpoint_id, task_id)? else {
+        let Some(Found {
+            rowid,
+            state,
+            mut transitions,
+            payload_row,
+        }) = self.lookup(endpoint_id, task_id)?
+        else {
             return Ok(ResultFate::Unknown);
         };
         if state.is_terminal() {
@@ -210,7 +246,8 @@ impl Writer {
         self.conn
             .prepare_cached(
                 "UPDATE tasks SET state = ?2, result = ?3, error = ?4, stdout = ?5, stderr = ?6,
-                    transitions = ?7, timing = ?8, completed_at = ?9, done_seq = ?10
+                    transitions = ?7, timing = ?8, completed_at = ?9, done_seq = ?10,
+                    small_payload = NULL
                  WHERE rowid = ?1",
             )?
             .execute(params![
@@ -225,13 +262,17 @@ impl Writer {
                 completed_at,
                 done_seq,
             ])?;
-        let segment: Option<Option<i64>> = self
-            .conn
-            .prepare_cached("DELETE FROM task_payloads WHERE task_rowid = ?1 RETURNING segment")?
-            .query_row([rowid], |row| row.get(0))
-            .optional()?;
-        if let Some(Some(segment)) = segment {
-            self.segments.released(segment);
+        if payload_row {
+            let segment: Option<Option<i64>> = self
+                .conn
+                .prepare_cached(
+                    "DELETE FROM task_payloads WHERE task_rowid = ?1 RETURNING segment",
+                )?
+                .query_row([rowid], |row| row.get(0))
+                .optional()?;
+            if let Some(Some(segment)) = segment {
+                self.segments.released(segment);
+            }
         }
         self.next_done_seq += 1;
         Ok(ResultFate::Stored { done_seq })
