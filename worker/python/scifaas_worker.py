@@ -50,8 +50,60 @@ _dumps_compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).enc
 _dumps_result = json.JSONEncoder(
     separators=(",", ":"), ensure_ascii=False, allow_nan=False
 ).encode
-_loads = json.loads
 _now_ns = time.time_ns
+_encode_str = json.encoder.encode_basestring
+
+# The per-call work of json.loads and JSONEncoder.encode is most of what a warm no-op task
+# costs this worker: loads guesses the encoding of bytes and skips whitespace with a
+# regular expression around the C scanner, and encode builds a new C encoder for every
+# value. So the C scanner and one C encoder are made once, and the rare inputs they do
+# not take (leading or trailing whitespace, a JSON error to report) go the usual way.
+_scan_once = json.scanner.make_scanner(json.JSONDecoder())
+_result_markers = {}
+try:
+    _encode_value = json.encoder.c_make_encoder(
+        _result_markers,
+        json.JSONEncoder().default,
+        _encode_str,
+        None,
+        ":",
+        ",",
+        False,
+        False,
+        False,
+    )
+except (AttributeError, TypeError):  # no C accelerator, or another signature
+    _encode_value = None
+
+
+def _encode_header(header):
+    # errors="replace": a lone surrogate printed by a function must not make the header
+    # undecodable for the manager.
+    return _dumps_compact(header).encode("utf-8", "replace")
+
+
+def _loads(data):
+    """``json.loads(data)`` for the UTF-8 JSON of frames: the same values and errors."""
+    text = data.decode("utf-8", "surrogatepass") if isinstance(data, bytes) else data
+    try:
+        value, end = _scan_once(text, 0)
+    except StopIteration:
+        return json.loads(text)
+    if end != len(text):
+        return json.loads(text)
+    return value
+
+
+def _dumps_value(value):
+    """``_dumps_result(value)``, with the encoder made once."""
+    if _encode_value is None or isinstance(value, str):
+        return _dumps_result(value)
+    try:
+        return "".join(_encode_value(value, 0))
+    except BaseException:
+        # An encoder stopped midway still marks the containers it was inside.
+        _result_markers.clear()
+        raise
 
 
 class ProtocolError(Exception):
@@ -246,7 +298,7 @@ def decode_payload(payload):
 def encode_result(fn_name, value):
     """The result's JSON bytes, or a serialization failure naming what could not be encoded."""
     try:
-        return _dumps_result(value).encode("utf-8")
+        return _dumps_value(value).encode("utf-8")
     except (TypeError, ValueError, UnicodeEncodeError, RecursionError) as e:
         detail = str(e)
         if detail.startswith("Out of range float"):
@@ -268,9 +320,10 @@ class Worker:
         self._out, self._err = Capture(), Capture()
 
     def send(self, header, body=b""):
-        # errors="replace": a lone surrogate printed by a function must not make the
-        # header undecodable for the manager.
-        head = _dumps_compact(header).encode("utf-8", "replace")
+        self.send_head(_encode_header(header), body)
+
+    def send_head(self, head, body):
+        """Writes a frame whose header is already encoded."""
         data = memoryview(_PREFIX.pack(len(head), len(body)) + head + body)
         while data:
             data = data[os.write(self._out_fd, data) :]
@@ -319,11 +372,11 @@ class Worker:
             header, body = frame
             if header.get("op") != "task":
                 raise ProtocolError("unexpected frame op %r" % header.get("op"))
-            result_header, result_body = self.run_task(header, body)
-            self.send(result_header, result_body)
+            self.send_head(*self.run_task(header, body))
 
     def run_task(self, header, body):
-        """``(result header, result body)`` for one task frame; never raises for the task."""
+        """``(result header, encoded; result body)`` for one task frame; never raises for
+        the task."""
         task_id = header.get("task_id")
         fn_name = header.get("fn_name", "")
         source_len = header.get("source_len", 0)
@@ -357,19 +410,34 @@ class Worker:
             sys.stdout, sys.stderr = saved
         if not exec_start:
             exec_start = exec_end = _now_ns()
+        stdout, stderr = out.take(), err.take()
+        if error is None and type(task_id) is str:
+            # The common reply, written out directly (same JSON as the general one).
+            head = (
+                '{"op":"result","task_id":%s,"ok":true,"stdout":%s,"stderr":%s,'
+                '"exec_start":%d,"exec_end":%d}'
+                % (
+                    _encode_str(task_id),
+                    _encode_str(stdout),
+                    _encode_str(stderr),
+                    exec_start // 1000,
+                    exec_end // 1000,
+                )
+            )
+            return head.encode("utf-8", "replace"), result
         reply = {
             "op": "result",
             "task_id": task_id,
             "ok": error is None,
-            "stdout": out.take(),
-            "stderr": err.take(),
+            "stdout": stdout,
+            "stderr": stderr,
             "exec_start": exec_start // 1000,
             "exec_end": exec_end // 1000,
         }
         if error is not None:
             reply["error"] = error
             result = b""
-        return reply, result
+        return _encode_header(reply), result
 
 
 def take_protocol_streams():

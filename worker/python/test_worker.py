@@ -384,3 +384,56 @@ def test_capture_counts_what_it_drops():
 def test_type_name_qualifies_non_builtin_classes():
     assert scifaas_worker.type_name(KeyError) == "KeyError"
     assert scifaas_worker.type_name(json.JSONDecodeError) == "json.decoder.JSONDecodeError"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        b'{"args":[1,"x",{"k":[null,true,2.5]}],"kwargs":{}}',
+        b' {"padded": 1} \n',
+        '{"caf\u00e9": "\u2603"}'.encode(),
+        b'"just a string"',
+        b"[]",
+    ],
+)
+def test_frame_json_decodes_as_json_loads_does(text):
+    assert scifaas_worker._loads(text) == json.loads(text)
+
+
+@pytest.mark.parametrize("text", [b"{not json", b'{"a": 1} tail', b"", b"[1,]"])
+def test_frame_json_errors_are_json_loads_errors(text):
+    with pytest.raises(json.JSONDecodeError) as ours:
+        scifaas_worker._loads(text)
+    with pytest.raises(json.JSONDecodeError) as theirs:
+        json.loads(text)
+    assert str(ours.value) == str(theirs.value)
+
+
+def test_frame_json_that_is_not_utf8_is_a_value_error():
+    with pytest.raises(ValueError):
+        scifaas_worker._loads(b'{"a": "\xff"}')
+
+
+def test_results_encode_as_the_standard_encoder_does_and_failures_leave_it_usable():
+    for value in [1, 2.5, "s\u2603", None, [1, {"a": [True, None]}], {"x": "\ud800"}, []]:
+        assert scifaas_worker._dumps_value(value) == scifaas_worker._dumps_result(value)
+    loop = []
+    loop.append(loop)
+    with pytest.raises(ValueError):
+        scifaas_worker._dumps_value(loop)
+    with pytest.raises(ValueError):
+        scifaas_worker._dumps_value([float("nan")])
+    # A failure midway leaves nothing behind: the same list encodes fine afterwards.
+    inner = [1]
+    assert scifaas_worker._dumps_value([inner, inner]) == "[[1],[1]]"
+
+
+def test_the_quick_reply_header_says_what_the_general_one_says(worker):
+    # Output with quotes, newlines and non-ASCII, in the header the worker writes out by
+    # hand for a successful task.
+    source = "def talk():\n    print('say \"hi\"\\n\\u2603')\n    return 1\n"
+    header, body = worker.call("talk", source)
+    assert header["ok"] is True and body == b"1"
+    assert header["stdout"] == 'say "hi"\n\u2603\n'
+    assert set(header) == {"op", "task_id", "ok", "stdout", "stderr", "exec_start", "exec_end"}
+    assert header["exec_start"] <= header["exec_end"]
