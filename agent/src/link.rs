@@ -7,7 +7,7 @@ use futures_util::{SinkExt, StreamExt};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 use scifaas_protocol::link::{AgentMessage, ServiceMessage};
-use scifaas_protocol::{decode, decode_message, encode, EndpointId, PROTOCOL_VERSION};
+use scifaas_protocol::{decode, decode_shared, encode, EndpointId, PROTOCOL_VERSION};
 use std::path::Path;
 use std::sync::Arc;
 use tokio::net::TcpStream;
@@ -110,7 +110,7 @@ impl Link {
     pub async fn recv(&mut self) -> Option<ServiceMessage> {
         loop {
             match self.socket.next().await? {
-                Ok(Message::Binary(frame)) => match decode_message::<ServiceMessage>(&frame) {
+                Ok(Message::Binary(frame)) => match decode_shared::<ServiceMessage>(&frame) {
                     Ok(message) => return Some(message),
                     Err(err) => {
                         tracing::warn!("dropping a malformed frame from the service: {err}")

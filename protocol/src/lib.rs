@@ -9,6 +9,7 @@ pub mod codec;
 pub mod ids;
 pub mod interchange;
 pub mod link;
+pub mod shared;
 pub mod state;
 pub mod tagged;
 pub mod task;
@@ -16,6 +17,7 @@ pub mod time;
 
 pub use codec::{decode, encode, encode_into, DecodeError};
 pub use ids::{BlockId, EndpointId, FunctionId, ManagerId, TaskId};
+pub use shared::decode_shared;
 pub use state::{Actor, TaskState, Transition};
 pub use tagged::{decode_message, TaggedMessage};
 pub use task::{

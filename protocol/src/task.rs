@@ -58,6 +58,7 @@ pub struct TaskSpec {
     pub task_id: TaskId,
     pub function: FunctionSpec,
     /// The arguments as a JSON document `{"args": [...], "kwargs": {...}}`; opaque.
+    #[serde(deserialize_with = "crate::shared::bytes")]
     pub payload: Bytes,
     /// Task walltime in milliseconds: a task running longer is killed and fails.
     pub walltime_ms: Option<u64>,
@@ -118,7 +119,7 @@ impl TaskError {
 #[serde(rename_all = "kebab-case")]
 pub enum Outcome {
     /// The function's return value as a JSON document; opaque.
-    Success(Bytes),
+    Success(#[serde(deserialize_with = "crate::shared::bytes")] Bytes),
     Failure(TaskError),
 }
 

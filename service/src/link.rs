@@ -27,7 +27,7 @@ use futures_util::{SinkExt, StreamExt};
 use scifaas_protocol::link::{AgentMessage, ServiceMessage};
 use scifaas_protocol::time::now_micros;
 use scifaas_protocol::{
-    decode, decode_message, encode, encode_into, EndpointId, ErrorKind, Outcome, TaskError,
+    decode, decode_shared, encode, encode_into, EndpointId, ErrorKind, Outcome, TaskError,
     TaskResult, TaskSpec, TaskState, PROTOCOL_VERSION,
 };
 use std::sync::Arc;
@@ -189,9 +189,10 @@ async fn await_hello(stream: &mut SplitStream<WebSocket>) -> Result<String, Stri
     }
 }
 
-fn on_frame(app: &Arc<App>, endpoint: &Endpoint, sender: &LinkSender, frame: &[u8]) {
+fn on_frame(app: &Arc<App>, endpoint: &Endpoint, sender: &LinkSender, frame: &Bytes) {
     app.hub.on_agent_seen(endpoint.id);
-    let message = match decode_message::<AgentMessage>(frame) {
+    // Results share the frame's memory rather than each being copied out of it.
+    let message = match decode_shared::<AgentMessage>(frame) {
         Ok(message) => message,
         Err(e) => {
             tracing::warn!(endpoint = endpoint.name, "dropping a frame: {e}");
