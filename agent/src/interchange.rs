@@ -493,7 +493,7 @@ impl Interchange {
         // worker before any manager holds tasks it cannot start yet.
         self.fill(&mut batches, now, false, |_| 0);
         let (prefetch, mean_run_us) = (self.config.prefetch, self.mean_run_us);
-        if prefetch != Prefetch::Fixed(0) {
+        if !prefetch.is_none(mean_run_us) {
             self.fill(&mut batches, now, true, |m| {
                 prefetch.capacity(m.registration.workers, mean_run_us)
             });

@@ -48,6 +48,17 @@ impl Prefetch {
     }
 }
 
+impl Prefetch {
+    /// Whether no manager may hold any task beyond its workers now (the dispatch then
+    /// skips its prefetch pass).
+    pub fn is_none(self, mean_run_us: Option<f64>) -> bool {
+        match self {
+            Prefetch::Fixed(n) => n == 0,
+            Prefetch::Auto => mean_run_us.is_some_and(|run| run >= LONG_TASK_US),
+        }
+    }
+}
+
 impl fmt::Display for Prefetch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -113,6 +124,25 @@ mod tests {
         // A second or more: none, so no task waits behind a long one.
         assert_eq!(auto.capacity(2, Some(1_000_000.0)), 0);
         assert_eq!(Prefetch::Fixed(3).capacity(64, Some(1.0)), 3);
+    }
+
+    #[test]
+    fn none_means_no_manager_may_hold_a_task_ahead() {
+        for (prefetch, mean) in [
+            (Prefetch::Auto, None),
+            (Prefetch::Auto, Some(5.0)),
+            (Prefetch::Auto, Some(999_999.0)),
+            (Prefetch::Auto, Some(1_000_000.0)),
+            (Prefetch::Fixed(0), Some(5.0)),
+            (Prefetch::Fixed(2), Some(2e6)),
+        ] {
+            let held = [1, 2, 128].map(|workers| prefetch.capacity(workers, mean));
+            assert_eq!(
+                prefetch.is_none(mean),
+                held.iter().all(|&n| n == 0),
+                "{prefetch} at {mean:?}"
+            );
+        }
     }
 
     #[test]
