@@ -9,11 +9,12 @@
 //! socket, events come out on a tokio channel.
 
 use crate::prefetch::Prefetch;
+use bytes::Bytes;
 use scifaas_protocol::interchange::{InterchangeMessage, ManagerMessage, Registration};
 use scifaas_protocol::link::ManagerStatus;
 use scifaas_protocol::time::{now_micros, Micros};
 use scifaas_protocol::{
-    decode_message, encode, encode_into, Actor, ContainerSpec, ErrorKind, TaskError, TaskId,
+    decode_shared, encode, encode_into, Actor, ContainerSpec, ErrorKind, TaskError, TaskId,
     TaskResult, TaskSpec, TaskState, Transition, PROTOCOL_VERSION,
 };
 use std::collections::{HashMap, VecDeque};
@@ -315,7 +316,9 @@ impl Interchange {
             tracing::warn!("dropping a message with an unexpected frame count");
             return;
         }
-        let message = match decode_message::<ManagerMessage>(&frame) {
+        // Results share the frame's buffer (a Vec becomes Bytes without a copy).
+        let frame = Bytes::from(frame);
+        let message = match decode_shared::<ManagerMessage>(&frame) {
             Ok(message) => message,
             Err(err) => {
                 tracing::warn!("dropping a malformed frame from a manager: {err}");

@@ -8,10 +8,11 @@ use crate::ready::ReadyQueue;
 use crate::reports::{self, Reports};
 use crate::slot::{spawn_slot, SlotEvent, SlotHandle, SlotOrder, SlotShared};
 use anyhow::{bail, Context};
+use bytes::Bytes;
 use scifaas_protocol::interchange::{InterchangeMessage, ManagerMessage, Registration};
 use scifaas_protocol::time::now_micros;
 use scifaas_protocol::{
-    decode, decode_message, encode, BlockId, ContainerSpec, ErrorKind, ManagerId, TaskError,
+    decode, decode_shared, encode, BlockId, ContainerSpec, ErrorKind, ManagerId, TaskError,
     TaskResult, TaskSpec, PROTOCOL_VERSION,
 };
 use scifaas_worker::{ContainerRuntimes, WorkerCommand};
@@ -268,6 +269,15 @@ struct Manager {
     drain_at: Option<Instant>,
 }
 
+/// A message from the interchange as the owner of the `Bytes` its tasks are slices of.
+struct Received(zmq::Message);
+
+impl AsRef<[u8]> for Received {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
 impl Manager {
     fn serve(
         &mut self,
@@ -311,10 +321,12 @@ impl Manager {
             // while we hold results (and the poll's timeout is the hold's end).
             self.on_slot_events(reports)?;
             if interchange_ready {
-                // Decoded from ZeroMQ's own buffer: no copy of the tasks first.
+                // Decoded from ZeroMQ's own buffer, and the payloads stay in it: a slot
+                // writes each to its worker from there (the buffer goes with the last).
                 while let Ok(frame) = self.dealer.recv_msg(zmq::DONTWAIT) {
                     self.last_heard = Instant::now();
-                    match decode_message::<InterchangeMessage>(&frame) {
+                    let frame = Bytes::from_owner(Received(frame));
+                    match decode_shared::<InterchangeMessage>(&frame) {
                         Ok(message) => {
                             if self.on_interchange_message(message)? {
                                 return Ok(());
