@@ -6,6 +6,11 @@
 //! each result) a slice of the frame: the frame's memory is freed once the last task
 //! that came in it is gone.
 //!
+//! A slice keeps the whole frame alive, so only fields of at least [`SHARE_MIN`] bytes
+//! share it: a frame of two thousand queued no-op tasks, each holding it by a 20-byte
+//! argument, would keep every other field of every task in memory too (a million queued
+//! tasks took 990 MiB instead of 756 MiB). Smaller fields are copied.
+//!
 //! The frame is handed to the decoder of those fields through a thread-local set for the
 //! length of one (synchronous) decode. A field decoded without it, or from other input
 //! (another format, a frame that is not `Bytes`), is copied as before.
@@ -16,6 +21,9 @@ use bytes::Bytes;
 use serde::de::{Deserializer, Error, SeqAccess, Visitor};
 use std::cell::RefCell;
 use std::fmt;
+
+/// Fields at least this large share the frame; smaller ones are copied.
+pub const SHARE_MIN: usize = 4096;
 
 thread_local! {
     static FRAME: RefCell<Option<Bytes>> = const { RefCell::new(None) };
@@ -53,7 +61,7 @@ impl<'de> Visitor<'de> for SharedBytes {
 
     fn visit_borrowed_bytes<E: Error>(self, v: &'de [u8]) -> Result<Bytes, E> {
         Ok(FRAME.with(|current| match &*current.borrow() {
-            Some(frame) if within(frame, v) => frame.slice_ref(v),
+            Some(frame) if v.len() >= SHARE_MIN && within(frame, v) => frame.slice_ref(v),
             _ => Bytes::copy_from_slice(v),
         }))
     }
@@ -121,7 +129,7 @@ mod tests {
     #[test]
     fn payloads_decoded_from_a_shared_frame_are_slices_of_it() {
         let sent = ServiceMessage::Tasks {
-            tasks: vec![task(&[7; 100_000]), task(b"{\"args\":[]}")],
+            tasks: vec![task(&[7; 100_000]), task(&[8; SHARE_MIN])],
         };
         let frame = Bytes::from(encode(&sent));
         let ServiceMessage::Tasks { tasks } = decode_shared(&frame).unwrap() else {
@@ -139,6 +147,19 @@ mod tests {
             panic!("not tasks")
         };
         assert!(tasks.iter().all(|t| !inside(&frame, &t.payload)));
+    }
+
+    #[test]
+    fn small_payloads_are_copied_so_they_do_not_keep_the_frame() {
+        let sent = ServiceMessage::Tasks {
+            tasks: vec![task(b"{\"args\":[]}"), task(&[1; SHARE_MIN - 1])],
+        };
+        let frame = Bytes::from(encode(&sent));
+        let ServiceMessage::Tasks { tasks } = decode_shared(&frame).unwrap() else {
+            panic!("not tasks")
+        };
+        assert!(tasks.iter().all(|t| !inside(&frame, &t.payload)));
+        assert_eq!(ServiceMessage::Tasks { tasks }, sent);
     }
 
     #[test]
