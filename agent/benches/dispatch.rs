@@ -12,8 +12,8 @@ use scifaas_agent::interchange::{self, InterchangeConfig, InterchangeEvent};
 use scifaas_protocol::interchange::{InterchangeMessage, ManagerMessage, Registration};
 use scifaas_protocol::time::now_micros;
 use scifaas_protocol::{
-    decode_message, encode, BlockId, FunctionId, FunctionSpec, ManagerId, Outcome, ResultTiming,
-    TaskId, TaskResult, TaskSpec, PROTOCOL_VERSION,
+    decode_message, encode, BlockId, FunctionId, FunctionSpec, ManagerId, TaskId, TaskResult,
+    TaskSpec, PROTOCOL_VERSION,
 };
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -55,14 +55,7 @@ fn manager(url: String, i: usize, stop: Arc<AtomicBool>) {
             if let Ok(InterchangeMessage::Tasks { tasks }) = decode_message(&frame) {
                 let results = tasks
                     .into_iter()
-                    .map(|task| TaskResult {
-                        task_id: task.task_id,
-                        outcome: Outcome::Success(Bytes::from_static(b"0")),
-                        stdout: String::new(),
-                        stderr: String::new(),
-                        transitions: Vec::new(),
-                        timing: ResultTiming::default(),
-                    })
+                    .map(|task| TaskResult::success(task.task_id, Bytes::from_static(b"0")))
                     .collect();
                 socket
                     .send(encode(&ManagerMessage::Results { results }), 0)

@@ -372,7 +372,7 @@ fn parse_records(bytes: &[u8]) -> (Vec<Record>, usize) {
 mod tests {
     use super::*;
     use bytes::Bytes;
-    use scifaas_protocol::{FunctionId, FunctionSpec, Outcome, ResultTiming};
+    use scifaas_protocol::{FunctionId, FunctionSpec};
 
     fn task() -> TaskSpec {
         TaskSpec {
@@ -391,14 +391,7 @@ mod tests {
     }
 
     fn result(task_id: TaskId) -> TaskResult {
-        TaskResult {
-            task_id,
-            outcome: Outcome::Success(Bytes::from_static(b"1")),
-            stdout: String::new(),
-            stderr: String::new(),
-            transitions: vec![],
-            timing: ResultTiming::default(),
-        }
+        TaskResult::success(task_id, Bytes::from_static(b"1"))
     }
 
     #[test]

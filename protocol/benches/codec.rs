@@ -8,8 +8,7 @@ use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use scifaas_protocol::interchange::{InterchangeMessage, ManagerMessage};
 use scifaas_protocol::{
-    decode, decode_message, encode, FunctionId, FunctionSpec, Outcome, ResultTiming, TaskId,
-    TaskResult, TaskSpec,
+    decode, decode_message, encode, FunctionId, FunctionSpec, TaskId, TaskResult, TaskSpec,
 };
 
 fn task(payload: Bytes) -> TaskSpec {
@@ -29,14 +28,7 @@ fn task(payload: Bytes) -> TaskSpec {
 }
 
 fn result() -> TaskResult {
-    TaskResult {
-        task_id: TaskId::new(),
-        outcome: Outcome::Success(Bytes::from_static(b"0")),
-        stdout: String::new(),
-        stderr: String::new(),
-        transitions: Vec::new(),
-        timing: ResultTiming::default(),
-    }
+    TaskResult::success(TaskId::new(), Bytes::from_static(b"0"))
 }
 
 fn codec(c: &mut Criterion) {

@@ -144,7 +144,7 @@ mod tests {
     use crate::codec::encode;
     use crate::ids::FunctionId;
     use crate::link::EndpointStatus;
-    use crate::task::{FunctionSpec, Outcome, ResultTiming};
+    use crate::task::FunctionSpec;
     use bytes::Bytes;
 
     fn task() -> TaskSpec {
@@ -165,12 +165,8 @@ mod tests {
 
     fn result() -> TaskResult {
         TaskResult {
-            task_id: TaskId::new(),
-            outcome: Outcome::Success(Bytes::from_static(b"[1]")),
             stdout: "out".into(),
-            stderr: String::new(),
-            transitions: Vec::new(),
-            timing: ResultTiming::default(),
+            ..TaskResult::success(TaskId::new(), Bytes::from_static(b"[1]"))
         }
     }
 

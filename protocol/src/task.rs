@@ -148,6 +148,18 @@ pub struct TaskResult {
 }
 
 impl TaskResult {
+    /// A successful result, `value` its JSON document, without output or stamps.
+    pub fn success(task_id: TaskId, value: impl Into<Bytes>) -> Self {
+        Self {
+            task_id,
+            outcome: Outcome::Success(value.into()),
+            stdout: String::new(),
+            stderr: String::new(),
+            transitions: Vec::new(),
+            timing: ResultTiming::default(),
+        }
+    }
+
     /// A result for a task that failed before (or outside) a worker.
     pub fn failed(task_id: TaskId, error: TaskError) -> Self {
         Self {

@@ -3,9 +3,7 @@
 
 use super::*;
 use bytes::Bytes;
-use scifaas_protocol::{
-    decode, BlockId, FunctionId, FunctionSpec, ManagerId, Outcome, ResultTiming,
-};
+use scifaas_protocol::{decode, BlockId, FunctionId, FunctionSpec, ManagerId, Outcome};
 
 fn config() -> InterchangeConfig {
     InterchangeConfig {
@@ -144,14 +142,10 @@ fn tasks_go_out_by_capacity_and_results_come_back_with_stamps() {
     };
     assert_eq!(first.len(), 2, "two workers, no prefetch");
     manager.send(&ManagerMessage::Results {
-        results: vec![TaskResult {
-            task_id: first[0].task_id,
-            outcome: Outcome::Success(Bytes::from_static(b"1")),
-            stdout: String::new(),
-            stderr: String::new(),
-            transitions: vec![],
-            timing: ResultTiming::default(),
-        }],
+        results: vec![TaskResult::success(
+            first[0].task_id,
+            Bytes::from_static(b"1"),
+        )],
     });
     let InterchangeEvent::Results(results) =
         next_event(&mut rx, |e| matches!(e, InterchangeEvent::Results(_)))
@@ -277,14 +271,7 @@ fn a_task_goes_to_the_manager_with_a_warm_worker_for_its_container() {
         panic!("expected tasks")
     };
     let done = |t: &TaskSpec| ManagerMessage::Results {
-        results: vec![TaskResult {
-            task_id: t.task_id,
-            outcome: Outcome::Success(Bytes::from_static(b"1")),
-            stdout: String::new(),
-            stderr: String::new(),
-            transitions: vec![],
-            timing: ResultTiming::default(),
-        }],
+        results: vec![TaskResult::success(t.task_id, Bytes::from_static(b"1"))],
     };
     first.send(&done(&tasks[0]));
     // A second manager with more free capacity arrives; both are idle now.

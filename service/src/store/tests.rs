@@ -4,7 +4,7 @@
 use super::*;
 use scifaas_protocol::link::TaskProgress;
 use scifaas_protocol::time::now_micros;
-use scifaas_protocol::{Actor, ErrorKind, Outcome, ResultTiming, TaskError, TaskState, Transition};
+use scifaas_protocol::{Actor, ErrorKind, TaskError, TaskState, Transition};
 
 fn open(dir: &Path) -> (Store, WriterThread) {
     Store::open(dir).unwrap()
@@ -27,14 +27,7 @@ fn new_task(endpoint_id: EndpointId) -> NewTask {
 }
 
 fn result(task_id: TaskId, value: &'static [u8]) -> Arc<TaskResult> {
-    Arc::new(TaskResult {
-        task_id,
-        outcome: Outcome::Success(Bytes::from_static(value)),
-        stdout: String::new(),
-        stderr: String::new(),
-        transitions: vec![],
-        timing: ResultTiming::default(),
-    })
+    Arc::new(TaskResult::success(task_id, Bytes::from_static(value)))
 }
 
 fn states(row: &TaskRow) -> Vec<TaskState> {

@@ -505,17 +505,9 @@ fn to_json<T: serde::Serialize + ?Sized>(value: &T) -> String {
 mod tests {
     use super::*;
     use bytes::Bytes;
-    use scifaas_protocol::{Outcome, ResultTiming};
 
     fn result(task_id: TaskId) -> Arc<TaskResult> {
-        Arc::new(TaskResult {
-            task_id,
-            outcome: Outcome::Success(Bytes::from_static(b"1")),
-            stdout: String::new(),
-            stderr: String::new(),
-            transitions: vec![],
-            timing: ResultTiming::default(),
-        })
+        Arc::new(TaskResult::success(task_id, Bytes::from_static(b"1")))
     }
 
     fn job(op: WriteOp) -> Job {
