@@ -46,9 +46,7 @@ impl Prefetch {
             },
         }
     }
-}
 
-impl Prefetch {
     /// Whether no manager may hold any task beyond its workers now (the dispatch then
     /// skips its prefetch pass).
     pub fn is_none(self, mean_run_us: Option<f64>) -> bool {

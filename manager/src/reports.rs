@@ -19,9 +19,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 
-/// The main thread's end.
+/// The main thread's end, which also makes the slots' senders.
 pub struct Reports {
     events: Receiver<SlotEvent>,
+    /// Cloned into each slot's sender.
+    events_in: Sender<SlotEvent>,
     main_holding: Arc<AtomicBool>,
 }
 
@@ -32,37 +34,35 @@ pub struct ReportSender<W> {
     wake: W,
 }
 
-/// The ends for slots to make senders from (one per slot, each with its own wake-up).
-#[derive(Clone)]
-pub struct ReportQueue {
-    events: Sender<SlotEvent>,
-    main_holding: Arc<AtomicBool>,
-}
-
-/// A new report channel.
-pub fn channel() -> (ReportQueue, Reports) {
-    let (events_tx, events) = mpsc::channel();
-    let main_holding = Arc::new(AtomicBool::new(false));
-    (
-        ReportQueue {
-            events: events_tx,
-            main_holding: main_holding.clone(),
-        },
+impl Reports {
+    pub fn new() -> Reports {
+        let (events_in, events) = mpsc::channel();
         Reports {
             events,
-            main_holding,
-        },
-    )
-}
+            events_in,
+            main_holding: Arc::new(AtomicBool::new(false)),
+        }
+    }
 
-impl ReportQueue {
-    /// A sender that calls `wake` to interrupt the main thread's poll.
+    /// A slot's sender, which calls `wake` to interrupt the main thread's poll.
     pub fn sender<W: Fn()>(&self, wake: W) -> ReportSender<W> {
         ReportSender {
-            events: self.events.clone(),
+            events: self.events_in.clone(),
             main_holding: self.main_holding.clone(),
             wake,
         }
+    }
+
+    /// The next queued report, if any (never waits).
+    pub fn next(&self) -> Option<SlotEvent> {
+        self.events.try_recv().ok()
+    }
+
+    /// Says whether the main thread holds results, and so will read the reports when
+    /// the hold ends without being woken. After clearing it, the caller reads the queue
+    /// once more before it sleeps.
+    pub fn set_holding(&self, holding: bool) {
+        self.main_holding.store(holding, Ordering::SeqCst);
     }
 }
 
@@ -79,20 +79,6 @@ impl<W: Fn()> ReportSender<W> {
             (self.wake)();
         }
         true
-    }
-}
-
-impl Reports {
-    /// The next queued report, if any (never waits).
-    pub fn next(&self) -> Option<SlotEvent> {
-        self.events.try_recv().ok()
-    }
-
-    /// Says whether the main thread holds results, and so will read the reports when
-    /// the hold ends without being woken. After clearing it, the caller reads the queue
-    /// once more before it sleeps.
-    pub fn set_holding(&self, holding: bool) {
-        self.main_holding.store(holding, Ordering::SeqCst);
     }
 }
 
@@ -118,9 +104,9 @@ mod tests {
 
     #[test]
     fn a_slot_going_on_skips_the_wake_up_only_while_results_are_held() {
-        let (queue, reports) = channel();
+        let reports = Reports::new();
         let wakes = Cell::new(0);
-        let sender = queue.sender(|| wakes.set(wakes.get() + 1));
+        let sender = reports.sender(|| wakes.set(wakes.get() + 1));
 
         // Not holding: every report wakes the main thread.
         assert!(sender.send(done(true)));
@@ -149,10 +135,9 @@ mod tests {
 
     #[test]
     fn a_sender_says_when_the_main_thread_is_gone() {
-        let (queue, reports) = channel();
-        let sender = queue.sender(|| {});
+        let reports = Reports::new();
+        let sender = reports.sender(|| {});
         drop(reports);
-        drop(queue);
         assert!(!sender.send(done(true)));
     }
 }

@@ -5,7 +5,7 @@ use crate::failures::StartFailures;
 use crate::node::node_name;
 use crate::pool::{Placement, Pool, Running, WorkerKind};
 use crate::ready::ReadyQueue;
-use crate::reports::{self, Reports};
+use crate::reports::Reports;
 use crate::slot::{spawn_slot, SlotEvent, SlotHandle, SlotOrder, SlotShared};
 use anyhow::{bail, Context};
 use bytes::Bytes;
@@ -191,7 +191,7 @@ pub fn run(config: ManagerConfig) -> anyhow::Result<()> {
     let wake_addr = format!("inproc://slot-wake-{}", manager_id.0);
     let wake_rx = context.socket(zmq::PULL)?;
     wake_rx.bind(&wake_addr)?;
-    let (report_queue, reports) = reports::channel();
+    let reports = Reports::new();
     let shared = SlotShared {
         runtimes: config.containers.clone(),
         failures: Arc::new(StartFailures::new(config.start_retry_after)),
@@ -217,7 +217,7 @@ pub fn run(config: ManagerConfig) -> anyhow::Result<()> {
                 base,
                 default_kind.clone(),
                 shared.clone(),
-                report_queue.sender(wake),
+                reports.sender(wake),
             )
         })
         .collect();

@@ -79,8 +79,7 @@ pub enum InterchangeMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::{FunctionId, TaskId};
-    use crate::task::FunctionSpec;
+    use crate::task::test_task;
     use crate::{decode, encode};
     use bytes::Bytes;
 
@@ -89,17 +88,8 @@ mod tests {
         let payload = Bytes::from_static(b"{\"args\": [1], \"kwargs\": {}}");
         let message = InterchangeMessage::Tasks {
             tasks: vec![TaskSpec {
-                task_id: TaskId::new(),
-                function: FunctionSpec {
-                    id: FunctionId::new(),
-                    hash: "abc".into(),
-                    name: "f".into(),
-                    source: Bytes::from_static(b"def f(x): return x"),
-                    container: None,
-                },
-                payload: payload.clone(),
                 walltime_ms: Some(1000),
-                retries: 0,
+                ..test_task(payload.clone())
             }],
         };
         let frame = encode(&message);

@@ -102,24 +102,11 @@ fn within(whole: &Bytes, part: &[u8]) -> bool {
 mod tests {
     use super::*;
     use crate::codec::{decode, encode};
-    use crate::ids::{FunctionId, TaskId};
     use crate::link::ServiceMessage;
-    use crate::task::{FunctionSpec, TaskSpec};
+    use crate::task::{test_task, TaskSpec};
 
     fn task(payload: &[u8]) -> TaskSpec {
-        TaskSpec {
-            task_id: TaskId::new(),
-            function: FunctionSpec {
-                id: FunctionId::new(),
-                hash: "h".into(),
-                name: "f".into(),
-                source: Bytes::from_static(b"def f(x): return x"),
-                container: None,
-            },
-            payload: Bytes::copy_from_slice(payload),
-            walltime_ms: None,
-            retries: 0,
-        }
+        test_task(Bytes::copy_from_slice(payload))
     }
 
     fn inside(frame: &Bytes, part: &Bytes) -> bool {

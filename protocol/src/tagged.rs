@@ -142,24 +142,15 @@ impl TaggedMessage for ManagerMessage {
 mod tests {
     use super::*;
     use crate::codec::encode;
-    use crate::ids::FunctionId;
     use crate::link::EndpointStatus;
-    use crate::task::FunctionSpec;
+    use crate::task::test_task;
     use bytes::Bytes;
 
     fn task() -> TaskSpec {
         TaskSpec {
-            task_id: TaskId::new(),
-            function: FunctionSpec {
-                id: FunctionId::new(),
-                hash: "h".into(),
-                name: "f".into(),
-                source: Bytes::from_static(b"def f(x): return x"),
-                container: None,
-            },
-            payload: Bytes::from(vec![b'7'; 70_000]),
             walltime_ms: Some(5),
             retries: 1,
+            ..test_task(vec![b'7'; 70_000])
         }
     }
 

@@ -176,3 +176,21 @@ impl TaskResult {
         matches!(self.outcome, Outcome::Success(_))
     }
 }
+
+/// A task of a one-line function, for the protocol's own tests.
+#[cfg(test)]
+pub(crate) fn test_task(payload: impl Into<Bytes>) -> TaskSpec {
+    TaskSpec {
+        task_id: TaskId::new(),
+        function: FunctionSpec {
+            id: crate::ids::FunctionId::new(),
+            hash: "h".into(),
+            name: "f".into(),
+            source: Bytes::from_static(b"def f(x): return x"),
+            container: None,
+        },
+        payload: payload.into(),
+        walltime_ms: None,
+        retries: 0,
+    }
+}

@@ -428,9 +428,9 @@ def test_results_encode_as_the_standard_encoder_does_and_failures_leave_it_usabl
     assert scifaas_worker._dumps_value([inner, inner]) == "[[1],[1]]"
 
 
-def test_the_quick_reply_header_says_what_the_general_one_says(worker):
+def test_the_result_header_written_by_hand_is_valid_json_with_its_fields(worker):
     # Output with quotes, newlines and non-ASCII, in the header the worker writes out by
-    # hand for a successful task.
+    # hand.
     source = "def talk():\n    print('say \"hi\"\\n\\u2603')\n    return 1\n"
     header, body = worker.call("talk", source)
     assert header["ok"] is True and body == b"1"

@@ -252,7 +252,7 @@ impl Worker {
     /// `Err` means the worker failed (died, was killed, broke the protocol) and must be
     /// replaced, except for [`WorkerError::TooLarge`].
     pub fn run(&mut self, task: &TaskSpec) -> Result<WorkerReply, WorkerError> {
-        self.run_and_send_ahead(task, &[]).0
+        self.run_and_send_ahead(task, []).0
     }
 
     /// Runs one task like [`Worker::run`], and first writes `next` to the worker behind
@@ -263,10 +263,10 @@ impl Worker {
     /// while every frame not answered yet fits half the pipe, so that a write never waits
     /// for the worker (which may be waiting for us to read its result). If the worker
     /// fails, the tasks written behind the failed one did not run.
-    pub fn run_and_send_ahead(
+    pub fn run_and_send_ahead<'a>(
         &mut self,
         task: &TaskSpec,
-        next: &[&TaskSpec],
+        next: impl IntoIterator<Item = &'a TaskSpec>,
     ) -> (Result<WorkerReply, WorkerError>, usize) {
         if let Some(why) = &self.unusable {
             return (Err(WorkerError::Unusable(why.clone())), 0);
@@ -287,9 +287,10 @@ impl Worker {
             }
         }
         let mut sent = 0;
+        let mut in_flight: usize = self.written.iter().map(|w| w.frame_len).sum();
         for next in next {
-            let in_flight: usize = self.written.iter().map(|w| w.frame_len).sum();
-            if in_flight + frame_len(next) > self.pipe_capacity / 2 {
+            in_flight += frame_len(next);
+            if in_flight > self.pipe_capacity / 2 {
                 break;
             }
             // One that cannot be written (too large a header) runs on its own later and
@@ -299,8 +300,7 @@ impl Worker {
             }
             sent += 1;
         }
-        let sent_source = self.written.front().is_some_and(|w| w.with_source);
-        (self.finish_task(task, sent_source), sent)
+        (self.finish_task(task), sent)
     }
 
     /// Writes a task, with its function's source unless the worker has it, and notes it
@@ -318,12 +318,9 @@ impl Worker {
 
     /// Reads the result of `task`, already written, and notes whether the worker now
     /// has its function.
-    fn finish_task(
-        &mut self,
-        task: &TaskSpec,
-        sent_source: bool,
-    ) -> Result<WorkerReply, WorkerError> {
+    fn finish_task(&mut self, task: &TaskSpec) -> Result<WorkerReply, WorkerError> {
         let hash = &task.function.hash;
+        let sent_source = self.written.front().is_some_and(|w| w.with_source);
         let mut reply = self.read_reply(task.task_id)?;
         self.written.pop_front();
         if !sent_source && is_unknown_function(&reply) {

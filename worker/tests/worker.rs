@@ -248,14 +248,14 @@ fn a_task_written_ahead_starts_as_the_one_before_it_ends() {
     );
     // The first carries the source and the second, written ahead, carries it too (the
     // worker has not answered yet): both define nothing twice.
-    let (reply, sent) = worker.run_and_send_ahead(&first, &[&second]);
+    let (reply, sent) = worker.run_and_send_ahead(&first, [&second]);
     assert_eq!(sent, 1);
     let reply = reply.unwrap();
     assert_eq!(reply.task_id, first.task_id);
     // The second runs while nobody asks for it.
     thread::sleep(Duration::from_millis(200));
     let asked_at = scifaas_protocol::time::now_micros();
-    let (reply2, sent) = worker.run_and_send_ahead(&second, &[&third]);
+    let (reply2, sent) = worker.run_and_send_ahead(&second, [&third]);
     assert_eq!(sent, 1);
     let reply2 = reply2.unwrap();
     assert_eq!(reply2.task_id, second.task_id);
@@ -266,7 +266,7 @@ fn a_task_written_ahead_starts_as_the_one_before_it_ends() {
     assert_eq!(sent, 0);
     assert_eq!(reply3.unwrap().task_id, third.task_id);
     // A task other than the one written ahead is refused and the worker replaced.
-    let (_, sent) = worker.run_and_send_ahead(&first, &[&second]);
+    let (_, sent) = worker.run_and_send_ahead(&first, [&second]);
     assert_eq!(sent, 1);
     let (error, _) = worker.run_and_send_ahead(&third, &[]);
     assert!(matches!(error, Err(WorkerError::Protocol(_))), "{error:?}");
@@ -283,8 +283,7 @@ fn several_tasks_written_ahead_run_in_order_each_as_the_one_before_ends() {
     let tasks: Vec<_> = (0..5)
         .map(|i| task(&stamp, &format!(r#"{{"args": [{i}]}}"#)))
         .collect();
-    let behind: Vec<&TaskSpec> = tasks[1..].iter().collect();
-    let (reply, sent) = worker.run_and_send_ahead(&tasks[0], &behind);
+    let (reply, sent) = worker.run_and_send_ahead(&tasks[0], &tasks[1..]);
     assert_eq!(sent, 4);
     let mut last = reply.unwrap();
     // The others ran while nobody asked for them, back to back, in the order written.
@@ -301,7 +300,7 @@ fn several_tasks_written_ahead_run_in_order_each_as_the_one_before_ends() {
         last = reply;
     }
     // Tasks are taken in the order they were written, and only then.
-    let (_, sent) = worker.run_and_send_ahead(&tasks[0], &[&tasks[1], &tasks[2]]);
+    let (_, sent) = worker.run_and_send_ahead(&tasks[0], &tasks[1..3]);
     assert_eq!(sent, 2);
     let (error, _) = worker.run_and_send_ahead(&tasks[2], &[]);
     assert!(matches!(error, Err(WorkerError::Protocol(_))), "{error:?}");
@@ -316,7 +315,7 @@ fn a_large_task_is_not_written_ahead() {
         &identity,
         &format!(r#"{{"args": ["{}"]}}"#, "x".repeat(8 << 20)),
     );
-    let (reply, sent) = worker.run_and_send_ahead(&small, &[&big]);
+    let (reply, sent) = worker.run_and_send_ahead(&small, [&big]);
     assert_eq!(sent, 0, "an 8 MiB frame may not fit the pipe");
     reply.unwrap();
     let (reply, _) = worker.run_and_send_ahead(&big, &[]);

@@ -161,14 +161,13 @@ pub(super) fn pending_page(
     let rows = statement.query_map(
         params![endpoint_id.to_string(), after_rowid, up_to_rowid, limit],
         |row| {
-            // In the row, or in a segment; a row with neither is a damaged one (read
-            // as a segment that does not exist, and skipped below).
+            // In a row, or in a segment (NULLs: a damaged row, skipped below).
             let place = match row.get::<_, Option<Vec<u8>>>(4)? {
                 Some(bytes) => Ok(bytes),
                 None => Err((
-                    row.get::<_, Option<i64>>(5)?.unwrap_or(-1),
-                    row.get::<_, Option<i64>>(6)?.unwrap_or(-1),
-                    row.get::<_, Option<i64>>(7)?.unwrap_or(-1),
+                    row.get::<_, Option<i64>>(5)?,
+                    row.get::<_, Option<i64>>(6)?,
+                    row.get::<_, Option<i64>>(7)?,
                 )),
             };
             Ok((
@@ -185,7 +184,7 @@ pub(super) fn pending_page(
         let (rowid, id, function_id, state, place) = row?;
         let payload = match place {
             Ok(bytes) => bytes,
-            Err((segment, offset, length)) => {
+            Err((Some(segment), Some(offset), Some(length))) => {
                 match segments::read(segments_dir, segment, offset, length) {
                     Ok(bytes) => bytes,
                     Err(e) => {
@@ -195,6 +194,10 @@ pub(super) fn pending_page(
                         continue;
                     }
                 }
+            }
+            Err(_) => {
+                tracing::warn!(id, "a task's row has no payload; not sent");
+                continue;
             }
         };
         match (id.parse(), function_id.parse()) {

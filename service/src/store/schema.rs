@@ -148,8 +148,9 @@ CREATE TABLE IF NOT EXISTS tasks (
 -- row (overflow pages included) on every update, and a task's row is updated several
 -- times on its way; deleted once the task finishes (nothing reads the arguments of a
 -- finished task). Small arguments stay in the task's row (`small_payload`): rewriting
--- them costs less than a row here inserted and deleted per task. payload: the bytes, or NULL when
--- they lie in the segment file `payloads/{segment}.seg` at `offset` (segments.rs).
+-- them costs less than a row here inserted and deleted per task. payload: the bytes, or
+-- NULL when they lie in the segment file `payloads/{segment}.seg` at `offset`
+-- (segments.rs).
 CREATE TABLE IF NOT EXISTS task_payloads (
     task_rowid   INTEGER PRIMARY KEY,
     payload      BLOB,

@@ -55,6 +55,8 @@ impl Writer {
              VALUES (?1, ?2, ?3, ?4, ?5)",
         )?;
         for task in tasks {
+            let payload = &task.payload[..];
+            let small = payload.len() <= SMALL_PAYLOAD_LIMIT;
             let received = [Transition {
                 state: TaskState::Received,
                 at: task.received_at,
@@ -68,11 +70,10 @@ impl Writer {
                 TaskState::Received.as_str(),
                 to_json(&received),
                 task.received_at,
-                (task.payload.len() <= SMALL_PAYLOAD_LIMIT).then_some(&task.payload[..]),
+                small.then_some(payload),
             ])?;
             let rowid = self.conn.last_insert_rowid();
-            let payload = &task.payload[..];
-            if payload.len() <= SMALL_PAYLOAD_LIMIT {
+            if small {
                 // In the task's row already.
             } else if payload.len() <= INLINE_LIMIT {
                 insert_payload.execute(params![
