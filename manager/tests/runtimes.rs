@@ -8,16 +8,26 @@ mod common;
 use common::{config, container, error, task, value, whoami, Harness};
 use scifaas_protocol::ErrorKind;
 use scifaas_worker::{ContainerRuntimes, Runtime};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Writes an executable shell script `name` into `dir`.
+/// Writes an executable shell script `name` into `dir`, without this process ever holding
+/// it open for writing: tests run on threads of one process, and a thread that forks while
+/// another holds a fresh script open hands that descriptor to its child until the child
+/// execs; running the script in that window fails with "Text file busy" (ETXTBSY). So the
+/// text goes to a plain file and `install` (its own process) writes the executable.
 fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
     let path = dir.join(name);
-    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let source = dir.join(format!("{name}.src"));
+    std::fs::write(&source, format!("#!/bin/sh\n{body}\n")).unwrap();
+    let status = std::process::Command::new("install")
+        .args(["-m", "0755"])
+        .arg(&source)
+        .arg(&path)
+        .status()
+        .unwrap();
+    assert!(status.success(), "install {} failed", path.display());
     path
 }
 

@@ -2,7 +2,6 @@
 //! temporary directory (the providers' `with_bin_dir`) that log how they were called and
 //! answer with recorded outputs, errors, or not at all.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -39,9 +38,7 @@ impl Fakes {
             fixtures = fixture_path("").display(),
             log = log.display(),
         );
-        let path = self.bin().join(program);
-        std::fs::write(&path, script).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        install_executable(&self.bin().join(program), &script);
     }
 
     /// Every call so far: `program args | cwd`.
@@ -73,6 +70,23 @@ impl Fakes {
             env: vec![("SCIFAAS_ENDPOINT_SECRET".into(), "s3cret".into())],
         }
     }
+}
+
+/// Writes an executable at `path` without this process ever holding it open for writing.
+/// Tests run on threads of one process: a thread that forks while another holds a fresh
+/// script open hands that descriptor to its child until the child execs, and running the
+/// script in that window fails with "Text file busy" (ETXTBSY). So the text goes to a
+/// plain file and `install` (its own process) writes the executable.
+fn install_executable(path: &Path, text: &str) {
+    let source = path.with_extension("src");
+    std::fs::write(&source, text).unwrap();
+    let status = std::process::Command::new("install")
+        .args(["-m", "0755"])
+        .arg(&source)
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(status.success(), "install {} failed", path.display());
 }
 
 fn options() -> BatchOptions {
