@@ -15,7 +15,9 @@
 //! inproc ZeroMQ socket, so one `zmq::poll` waits for both the interchange and the slots
 //! ([`reports`]: not for a task done while the main thread holds results anyway).
 //! Tasks the interchange prefetched are lined up behind busy workers of their kind
-//! ([`ready`]), so a slot goes from one task to the next without the main thread.
+//! ([`ready`]), so a slot goes from one task to the next without the main thread. A task
+//! for an idle warm worker is written to the worker by the main thread itself, one
+//! wake-up sooner than through the slot thread, which then reads its result.
 
 mod failures;
 mod node;

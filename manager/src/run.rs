@@ -548,6 +548,11 @@ impl Manager {
                 tracing::info!(slot, %kind, "switching a worker to another container");
             }
             self.pool.assign(slot, &kind, placement, running);
+            // A warm idle worker gets the task from here, one wake-up sooner; the slot,
+            // sent it next, finds it written and reads its result.
+            if placement == Placement::Warm {
+                self.slots[slot].write_if_idle(&task);
+            }
             if let Err(mpsc::SendError(order)) =
                 self.slots[slot].orders.send(SlotOrder::Run { task, kind })
             {

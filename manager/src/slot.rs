@@ -10,7 +10,7 @@ use crate::reports::ReportSender;
 use scifaas_protocol::{
     Actor, ErrorKind, TaskError, TaskId, TaskResult, TaskSpec, TaskState, Transition,
 };
-use scifaas_worker::{ContainerRuntimes, Worker, WorkerCommand, WorkerKiller};
+use scifaas_worker::{ContainerRuntimes, Worker, WorkerCommand, WorkerInput, WorkerKiller};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
@@ -109,15 +109,22 @@ pub struct SlotHandle {
     /// Set by the watchdog before it kills the worker, so the slot reports a walltime
     /// failure rather than a crash.
     pub walltime_hit: Arc<AtomicBool>,
-    /// Kills the slot's current worker (None while none runs).
-    pub killer: Arc<Mutex<Option<WorkerKiller>>>,
+    /// The slot's current worker, for this thread (None while none runs).
+    worker: Arc<Mutex<Option<WorkerHandles>>>,
     pub thread: std::thread::JoinHandle<()>,
+}
+
+/// What the main thread may do to a slot's worker without the slot thread.
+#[derive(Clone)]
+struct WorkerHandles {
+    killer: WorkerKiller,
+    input: WorkerInput,
 }
 
 impl SlotHandle {
     /// Kills the slot's worker because its task ran past its walltime.
     pub fn kill_for_walltime(&self) {
-        if let Some(killer) = self.killer.lock().ok().and_then(|k| k.clone()) {
+        if let Some(killer) = self.killer() {
             self.walltime_hit.store(true, Ordering::Release);
             killer.kill();
         }
@@ -125,9 +132,26 @@ impl SlotHandle {
 
     /// Kills the slot's worker, whatever it is doing (manager shutdown).
     pub fn kill_worker(&self) {
-        if let Some(killer) = self.killer.lock().ok().and_then(|k| k.clone()) {
+        if let Some(killer) = self.killer() {
             killer.kill();
         }
+    }
+
+    fn killer(&self) -> Option<WorkerKiller> {
+        let worker = self.worker.lock().ok()?;
+        worker.as_ref().map(|w| w.killer.clone())
+    }
+
+    /// Writes `task` to the slot's worker now, if that worker is idle
+    /// ([`WorkerInput::write_if_idle`]), so that it starts without waiting for the slot
+    /// thread to wake up; the slot, sent the task next, reads its result. Call it only
+    /// for a slot that holds a warm worker of the task's kind and has no task: the worker
+    /// must run this task next. Answers whether it was written.
+    pub fn write_if_idle(&self, task: &TaskSpec) -> bool {
+        let Ok(worker) = self.worker.lock() else {
+            return false;
+        };
+        worker.as_ref().is_some_and(|w| w.input.write_if_idle(task))
     }
 }
 
@@ -144,13 +168,13 @@ pub fn spawn_slot<W: Fn() + Send + 'static>(
 ) -> SlotHandle {
     let (orders_tx, orders) = std::sync::mpsc::channel();
     let walltime_hit = Arc::new(AtomicBool::new(false));
-    let killer = Arc::new(Mutex::new(None));
+    let worker = Arc::new(Mutex::new(None));
     let state = SlotState {
         slot,
         base,
         shared,
         walltime_hit: walltime_hit.clone(),
-        killer: killer.clone(),
+        worker: worker.clone(),
         current: None,
         run_times: HashMap::new(),
     };
@@ -164,7 +188,7 @@ pub fn spawn_slot<W: Fn() + Send + 'static>(
     SlotHandle {
         orders: orders_tx,
         walltime_hit,
-        killer,
+        worker,
         thread,
     }
 }
@@ -174,7 +198,8 @@ struct SlotState {
     base: WorkerCommand,
     shared: SlotShared,
     walltime_hit: Arc<AtomicBool>,
-    killer: Arc<Mutex<Option<WorkerKiller>>>,
+    /// Handles on `current`'s worker for the main thread.
+    worker: Arc<Mutex<Option<WorkerHandles>>>,
     current: Option<(WorkerKind, Worker)>,
     /// How long each function (by hash) ran last on this slot, in microseconds.
     run_times: HashMap<String, i64>,
@@ -350,7 +375,7 @@ impl SlotState {
                 };
                 let died = !worker.is_usable();
                 if died {
-                    self.set_killer(None);
+                    self.publish(None);
                     self.current = None;
                 }
                 let result = TaskResult::failed(task.task_id, error);
@@ -398,7 +423,7 @@ impl SlotState {
             Ok(worker) => {
                 tracing::debug!(slot = self.slot, pid = worker.pid(), %kind, "worker ready");
                 self.shared.failures.clear(kind);
-                self.set_killer(Some(worker.killer()));
+                self.publish(Some(&worker));
                 self.current = Some((kind.clone(), worker));
                 Ok(())
             }
@@ -413,15 +438,19 @@ impl SlotState {
     /// Stops the slot's worker, if any: closes its input and gives it a moment to exit.
     fn retire(&mut self, why: &str) {
         if let Some((kind, worker)) = self.current.take() {
-            self.set_killer(None);
+            self.publish(None);
             tracing::debug!(slot = self.slot, pid = worker.pid(), %kind, "retiring worker: {why}");
             worker.shutdown(RETIRE_GRACE);
         }
     }
 
-    fn set_killer(&self, killer: Option<WorkerKiller>) {
-        if let Ok(mut slot) = self.killer.lock() {
-            *slot = killer;
+    /// Tells the main thread which worker the slot holds.
+    fn publish(&self, worker: Option<&Worker>) {
+        if let Ok(mut slot) = self.worker.lock() {
+            *slot = worker.map(|w| WorkerHandles {
+                killer: w.killer(),
+                input: w.input(),
+            });
         }
     }
 }

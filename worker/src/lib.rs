@@ -15,6 +15,7 @@ mod command;
 pub mod containers;
 mod error;
 pub mod frame;
+mod input;
 mod killer;
 pub mod message;
 mod process;
@@ -26,6 +27,7 @@ pub use command::{
 pub use containers::{ContainerError, ContainerRuntimes, Runtime};
 pub use error::{WorkerError, WorkerExit};
 pub use frame::FrameError;
+pub use input::WorkerInput;
 pub use killer::WorkerKiller;
 pub use message::WorkerReply;
 pub use process::Worker;

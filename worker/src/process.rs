@@ -2,11 +2,10 @@
 
 use crate::command::{WorkerCommand, WorkerOptions};
 use crate::error::{WorkerError, WorkerExit};
-use crate::frame::{
-    encode_frame_into, read_exact_vec, read_frame, read_prefix, skip_bytes, FrameError, PREFIX_LEN,
-};
+use crate::frame::{read_exact_vec, read_frame, read_prefix, skip_bytes, FrameError};
+use crate::input::{frame_len, lock, Input, WorkerInput};
 use crate::killer::WorkerKiller;
-use crate::message::{ResultHeader, TaskHeader, WorkerMessage, WorkerReply};
+use crate::message::{ResultHeader, WorkerMessage, WorkerReply};
 use crate::stderr::StderrTail;
 use crate::WORKER_SCRIPT;
 use bytes::Bytes;
@@ -15,13 +14,12 @@ use nix::fcntl::{fcntl, FcntlArg};
 use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use scifaas_protocol::{ErrorKind, Outcome, TaskError, TaskId, TaskSpec};
-use std::collections::{HashSet, VecDeque};
-use std::io::{BufReader, IoSlice, Write};
+use std::io::{BufReader, Write};
 use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -49,8 +47,6 @@ const KILL_PATIENCE: Duration = Duration::from_secs(10);
 const PIPE_BUFFER: i32 = 1 << 20;
 /// Linux's pipe buffer when it cannot be enlarged (or read back).
 const DEFAULT_PIPE_BUFFER: usize = 64 << 10;
-/// Room a task frame needs besides its source and payload (the prefix and a header).
-const FRAME_OVERHEAD: usize = 1024;
 
 /// One Python worker process, ready for tasks, which it runs one at a time.
 ///
@@ -58,39 +54,16 @@ const FRAME_OVERHEAD: usize = 1024;
 /// the payload. Dropping it SIGKILLs the worker's process group.
 pub struct Worker {
     child: Child,
-    stdin: Option<ChildStdin>,
+    /// Its stdin and what was written to it, shared with [`WorkerInput`]s.
+    input: Arc<Mutex<Input>>,
     stdout: BufReader<ChildStdout>,
     killer: WorkerKiller,
     stderr: Arc<StderrTail>,
-    /// Hashes of the functions the worker has compiled.
-    known: HashSet<String>,
     python_version: String,
     worker_pid: u32,
     max_result_bytes: u32,
     /// Why this worker can no longer run tasks, once it cannot.
     unusable: Option<String>,
-    /// The prefix and header of the task frame being sent (its body is written from the
-    /// task's own buffers).
-    frame: Vec<u8>,
-    /// The tasks written to the worker and not answered yet, oldest (the running one)
-    /// first.
-    written: VecDeque<Written>,
-    /// The size of the pipe into the worker.
-    pipe_capacity: usize,
-}
-
-/// A task written to the worker and not answered yet.
-struct Written {
-    task_id: TaskId,
-    /// Whether its function's source went with it.
-    with_source: bool,
-    /// About how many bytes its frame took in the pipe.
-    frame_len: usize,
-}
-
-/// About how many bytes a task's frame takes in the pipe (at most: the source may not go).
-fn frame_len(task: &TaskSpec) -> usize {
-    task.payload.len() + task.function.source.len() + FRAME_OVERHEAD
 }
 
 impl Worker {
@@ -146,18 +119,14 @@ impl Worker {
         }
         let mut worker = Worker {
             child,
-            stdin: Some(stdin),
+            input: Arc::new(Mutex::new(Input::new(stdin, pipe_capacity))),
             stdout: BufReader::with_capacity(64 << 10, stdout),
             killer: WorkerKiller::new(pid),
             stderr: StderrTail::start(stderr, pid),
-            known: HashSet::new(),
             python_version: String::new(),
             worker_pid: 0,
             max_result_bytes: options.max_result_bytes,
             unusable: None,
-            frame: Vec::new(),
-            written: VecDeque::new(),
-            pipe_capacity,
         };
 
         // The watchdog bounds the whole start, the script write included: a runtime that
@@ -225,13 +194,20 @@ impl Worker {
 
     /// Whether the worker has compiled the function with this hash.
     pub fn has_function(&self, fn_hash: &str) -> bool {
-        self.known.contains(fn_hash)
+        lock(&self.input).known.contains(fn_hash)
     }
 
     /// Whether the worker can still take tasks (false after any error but
     /// [`WorkerError::TooLarge`]).
     pub fn is_usable(&self) -> bool {
         self.unusable.is_none()
+    }
+
+    /// A handle that writes a task to this worker from another thread while it is idle.
+    pub fn input(&self) -> WorkerInput {
+        WorkerInput {
+            input: self.input.clone(),
+        }
     }
 
     /// A handle that kills this worker from another thread.
@@ -271,60 +247,60 @@ impl Worker {
         if let Some(why) = &self.unusable {
             return (Err(WorkerError::Unusable(why.clone())), 0);
         }
-        match self.written.front() {
-            Some(front) if front.task_id == task.task_id => {}
-            Some(front) => {
-                let message = format!(
-                    "task {} was written ahead, but {} came next",
-                    front.task_id, task.task_id
-                );
-                return (Err(self.protocol_error(message)), 0);
-            }
-            None => {
-                if let Err(e) = self.write(task) {
-                    return (Err(e), 0);
+        let mut input = lock(&self.input);
+        let first = match input.written.front() {
+            // Written ahead, or by a `WorkerInput`.
+            Some(front) if front.task_id == task.task_id => Ok(()),
+            Some(front) => Err(format!(
+                "task {} was written ahead, but {} came next",
+                front.task_id, task.task_id
+            )),
+            None => match input.write(task) {
+                Ok(()) => Ok(()),
+                Err(failure) => {
+                    drop(input);
+                    return (Err(failure.into_error(|| self.died())), 0);
                 }
-            }
+            },
+        };
+        if let Err(message) = first {
+            drop(input);
+            return (Err(self.protocol_error(message)), 0);
         }
         let mut sent = 0;
-        let mut in_flight: usize = self.written.iter().map(|w| w.frame_len).sum();
+        let mut in_flight = input.in_flight();
         for next in next {
             in_flight += frame_len(next);
-            if in_flight > self.pipe_capacity / 2 {
+            if in_flight > input.pipe_capacity / 2 {
                 break;
             }
             // One that cannot be written (too large a header) runs on its own later and
             // fails then; a worker that died shows in the reply read below.
-            if self.write(next).is_err() {
+            if input.write(next).is_err() {
                 break;
             }
             sent += 1;
         }
+        drop(input);
         (self.finish_task(task), sent)
-    }
-
-    /// Writes a task, with its function's source unless the worker has it, and notes it
-    /// as written.
-    fn write(&mut self, task: &TaskSpec) -> Result<(), WorkerError> {
-        let with_source = !self.known.contains(&task.function.hash);
-        self.write_task(task, with_source)?;
-        self.written.push_back(Written {
-            task_id: task.task_id,
-            with_source,
-            frame_len: frame_len(task),
-        });
-        Ok(())
     }
 
     /// Reads the result of `task`, already written, and notes whether the worker now
     /// has its function.
     fn finish_task(&mut self, task: &TaskSpec) -> Result<WorkerReply, WorkerError> {
         let hash = &task.function.hash;
-        let sent_source = self.written.front().is_some_and(|w| w.with_source);
+        let sent_source = lock(&self.input)
+            .written
+            .front()
+            .is_some_and(|w| w.with_source);
         let mut reply = self.read_reply(task.task_id)?;
-        self.written.pop_front();
+        let more_written = {
+            let mut input = lock(&self.input);
+            input.written.pop_front();
+            !input.written.is_empty()
+        };
         if !sent_source && is_unknown_function(&reply) {
-            if !self.written.is_empty() {
+            if more_written {
                 // Resending would put this task behind the one written ahead.
                 let message = format!("the worker lost function {hash} with a task queued");
                 return Err(self.protocol_error(message));
@@ -334,10 +310,11 @@ impl Worker {
             reply = self.exchange(task, true)?;
         }
         // The worker caches a function exactly when its definition succeeded.
+        let known = &mut lock(&self.input).known;
         if reply.error_kind() == Some(ErrorKind::FunctionDefinition) {
-            self.known.remove(hash);
-        } else if !self.known.contains(hash) {
-            self.known.insert(hash.clone());
+            known.remove(hash);
+        } else if !known.contains(hash) {
+            known.insert(hash.clone());
         }
         Ok(reply)
     }
@@ -345,14 +322,17 @@ impl Worker {
     /// Closes the worker's input, which asks it to exit, and waits up to `grace` before
     /// killing it.
     pub fn shutdown(mut self, grace: Duration) -> WorkerExit {
-        self.stdin = None;
+        lock(&self.input).stdin = None;
         self.unusable = Some("shut down".into());
         self.finish(grace)
     }
 
     fn start(&mut self, script: &[u8]) -> Result<(), StartFailure> {
-        let stdin = self.stdin.as_mut().ok_or(StartFailure::Exited)?;
-        stdin.write_all(script).map_err(|_| StartFailure::Exited)?;
+        {
+            let mut input = lock(&self.input);
+            let stdin = input.stdin.as_mut().ok_or(StartFailure::Exited)?;
+            stdin.write_all(script).map_err(|_| StartFailure::Exited)?;
+        }
         let frame = match read_frame(&mut self.stdout, 1 << 20) {
             Ok(Some(frame)) => frame,
             Ok(None) | Err(FrameError::Truncated | FrameError::Io(_)) => {
@@ -386,40 +366,10 @@ impl Worker {
         self.read_reply(task.task_id)
     }
 
-    /// Writes one task frame.
+    /// Writes one task frame, not noted as written (the caller reads its answer at once).
     fn write_task(&mut self, task: &TaskSpec, with_source: bool) -> Result<(), WorkerError> {
-        let source: &[u8] = if with_source {
-            &task.function.source
-        } else {
-            &[]
-        };
-        let header = TaskHeader {
-            op: "task",
-            task_id: task.task_id,
-            fn_hash: &task.function.hash,
-            fn_name: &task.function.name,
-            source_len: source.len(),
-        };
-        let header = serde_json::to_vec(&header).expect("a task header always encodes");
-        self.frame.clear();
-        encode_frame_into(&mut self.frame, &header, &[]).map_err(WorkerError::TooLarge)?;
-        let body_len = u32::try_from(source.len() + task.payload.len()).map_err(|_| {
-            WorkerError::TooLarge(FrameError::BodyTooLarge {
-                len: (source.len() + task.payload.len()) as u64,
-                limit: u32::MAX.into(),
-            })
-        })?;
-        // The prefix announces the body that follows; written from the task's buffers,
-        // so that a large payload is not copied into a frame first.
-        self.frame[4..PREFIX_LEN].copy_from_slice(&body_len.to_be_bytes());
-        let written = match self.stdin.as_mut() {
-            Some(stdin) => write_all_vectored(stdin, &[&self.frame, source, &task.payload]).is_ok(),
-            None => false,
-        };
-        if !written {
-            return Err(self.died());
-        }
-        Ok(())
+        let written = lock(&self.input).write_frame(task, with_source);
+        written.map_err(|failure| failure.into_error(|| self.died()))
     }
 
     fn read_reply(&mut self, task_id: TaskId) -> Result<WorkerReply, WorkerError> {
@@ -493,7 +443,7 @@ impl Worker {
     /// Waits up to `grace` for the worker to exit, SIGKILLs its group if it has not,
     /// and reaps it. What the worker's functions started dies with it.
     fn finish(&mut self, grace: Duration) -> WorkerExit {
-        self.stdin = None;
+        lock(&self.input).stdin = None;
         let pid = Pid::from_raw(self.pid() as i32);
         let give_up_waiting = Instant::now() + grace;
         let mut killed_at = None;
@@ -543,7 +493,7 @@ impl std::fmt::Debug for Worker {
         f.debug_struct("Worker")
             .field("pid", &self.pid())
             .field("python", &self.python_version)
-            .field("functions", &self.known.len())
+            .field("functions", &lock(&self.input).known.len())
             .field("unusable", &self.unusable)
             .finish()
     }
@@ -554,25 +504,6 @@ enum StartFailure {
     Exited,
     /// It answered, but not with "ready".
     Protocol(String),
-}
-
-/// Writes every part, in order, with as few system calls as the pipe allows.
-fn write_all_vectored(out: &mut impl Write, parts: &[&[u8]]) -> std::io::Result<()> {
-    let mut slices: Vec<IoSlice<'_>> = parts
-        .iter()
-        .filter(|part| !part.is_empty())
-        .map(|part| IoSlice::new(part))
-        .collect();
-    let mut slices = &mut slices[..];
-    while !slices.is_empty() {
-        match out.write_vectored(slices) {
-            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-            Ok(n) => IoSlice::advance_slices(&mut slices, n),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 fn is_unknown_function(reply: &WorkerReply) -> bool {

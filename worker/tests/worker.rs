@@ -323,6 +323,59 @@ fn a_large_task_is_not_written_ahead() {
 }
 
 #[test]
+fn a_task_written_by_another_thread_to_an_idle_worker_is_run_and_read_by_its_owner() {
+    let mut worker = spawn();
+    let input = worker.input();
+    let dir = tempfile::tempdir().unwrap();
+    let mark = function(
+        "mark",
+        "def mark(path):\n    open(path, 'w').close()\n    return 1\n",
+    );
+    let marker = dir.path().join("ran");
+    let first = task(&mark, &serde_json::json!({"args": [marker]}).to_string());
+    let writer = {
+        let (input, first) = (input.clone(), first.clone());
+        thread::spawn(move || input.write_if_idle(&first))
+    };
+    assert!(writer.join().unwrap(), "an idle worker takes the task");
+    // The worker runs it with no help from its owner.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !marker.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the task written from outside never ran"
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+    // Written and not answered: the worker is not idle, and nothing more goes in.
+    let identity = function("identity", IDENTITY);
+    let second = task(&identity, r#"{"args": [2]}"#);
+    assert!(!input.write_if_idle(&second));
+    // The owner reads the first task's result without writing it again (a second copy
+    // would come back as the answer to the next task and break the exchange).
+    let (reply, sent) = worker.run_and_send_ahead(&first, [&second]);
+    assert_eq!(sent, 1);
+    assert_eq!(success(&reply.unwrap()), b"1");
+    assert!(worker.has_function(&mark.hash));
+    assert!(!input.write_if_idle(&task(&identity, r#"{"args": [3]}"#)));
+    assert_eq!(success(&worker.run(&second).unwrap()), b"2");
+    // Idle again: written from outside once more, now without the source.
+    let third = task(&identity, r#"{"args": [3]}"#);
+    assert!(input.write_if_idle(&third));
+    assert_eq!(success(&worker.run(&third).unwrap()), b"3");
+    // A frame over half the pipe is left to the owner, who may wait for the worker.
+    let big = task(
+        &identity,
+        &format!(r#"{{"args": ["{}"]}}"#, "x".repeat(8 << 20)),
+    );
+    assert!(!input.write_if_idle(&big));
+    assert_eq!(success(&worker.run(&big).unwrap()).len(), (8 << 20) + 2);
+    // A stopped worker takes nothing.
+    worker.shutdown(Duration::from_secs(2));
+    assert!(!input.write_if_idle(&task(&identity, r#"{"args": [4]}"#)));
+}
+
+#[test]
 fn a_worker_that_exits_mid_task_reports_its_status_and_last_words() {
     let mut worker = spawn();
     let quit = function(
