@@ -65,7 +65,11 @@ fn main() -> std::process::ExitCode {
     let outcome = match cli.command {
         Command::Manager(cmd) => manager_cmd::run(cmd),
         command => runtime(runtime_threads(&command)).and_then(|rt| {
-            rt.block_on(async move {
+            // On a worker thread of the runtime, not this one: the futures a command
+            // awaits are woken by tasks on those threads, and each wake-up that crosses
+            // to another thread costs a context switch (`bench`: a synchronous call's
+            // answer reached the client after three).
+            let command = rt.spawn(async move {
                 match command {
                     Command::Service(cmd) => service_cmd::run(cmd).await,
                     Command::Token(cmd) => task_cmd::token(cmd).await,
@@ -77,7 +81,12 @@ fn main() -> std::process::ExitCode {
                     Command::Bench(cmd) => bench::run(cmd).await,
                     Command::Manager(_) => unreachable!("handled above"),
                 }
-            })
+            });
+            match rt.block_on(command) {
+                Ok(outcome) => outcome,
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(e) => Err(anyhow::anyhow!("the command was cancelled: {e}")),
+            }
         }),
     };
     match outcome {
