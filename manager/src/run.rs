@@ -548,9 +548,11 @@ impl Manager {
                 tracing::info!(slot, %kind, "switching a worker to another container");
             }
             self.pool.assign(slot, &kind, placement, running);
-            // A warm idle worker gets the task from here, one wake-up sooner; the slot,
-            // sent it next, finds it written and reads its result.
-            if placement == Placement::Warm {
+            // A lone task for a warm idle worker is written to it from here, one wake-up
+            // sooner; the slot, sent it next, finds it written and reads its result.
+            // Not when more of its kind wait: the slot writes those behind it at once,
+            // and the worker reads them all in one go rather than the first alone.
+            if placement == Placement::Warm && queued.get(&kind).is_none_or(|n| *n == 0) {
                 self.slots[slot].write_if_idle(&task);
             }
             if let Err(mpsc::SendError(order)) =
