@@ -80,6 +80,7 @@ fn dispatch(c: &mut Criterion) {
             heartbeat_threshold: Duration::from_secs(600),
             prefetch: scifaas_agent::prefetch::Prefetch::Fixed(0),
             max_retries_on_system_failure: 0,
+            local_socket: None,
         },
         events_tx,
     )

@@ -66,12 +66,14 @@ pub async fn run(
 
     let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
     let interchange = interchange::start(settings.interchange.clone(), events_tx)?;
-    tracing::info!(url = %interchange.url, "interchange listening");
+    tracing::info!(url = %interchange.url, local = ?interchange.local_url, "interchange listening");
 
     let blocks_dir = settings.state_dir.join("blocks");
     let make_request = {
         let mut argv = settings.manager_command.clone();
-        argv.extend(["--interchange".to_owned(), interchange.url.clone()]);
+        // Managers on this host connect over the Unix socket when there is one.
+        let url = interchange.local_url.as_ref().unwrap_or(&interchange.url);
+        argv.extend(["--interchange".to_owned(), url.clone()]);
         argv.extend(settings.manager_args.iter().cloned());
         let blocks_dir = blocks_dir.clone();
         let name = settings.name.clone();

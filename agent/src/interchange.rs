@@ -18,6 +18,7 @@ use scifaas_protocol::{
     TaskResult, TaskSpec, TaskState, Transition, PROTOCOL_VERSION,
 };
 use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
@@ -37,7 +38,15 @@ pub struct InterchangeConfig {
     pub prefetch: Prefetch,
     /// How often a task lost with its manager is run again before it fails.
     pub max_retries_on_system_failure: u32,
+    /// A Unix socket to listen on as well, for managers on this host (the local
+    /// provider): it skips the TCP stack, and only users who may write the socket file
+    /// (its owner, under the usual umask) can connect, where anyone on the host can
+    /// reach a loopback port.
+    pub local_socket: Option<PathBuf>,
 }
+
+/// The longest path a Unix socket address holds (`sun_path` is 108 bytes with its NUL).
+const MAX_SOCKET_PATH: usize = 107;
 
 /// Requests from the agent.
 enum Command {
@@ -85,6 +94,9 @@ pub struct InterchangeHandle {
     wake: Mutex<zmq::Socket>,
     /// The address managers connect to (`tcp://host:port`).
     pub url: String,
+    /// The address managers on this host connect to (`ipc://path`), if it listens on
+    /// one ([`InterchangeConfig::local_socket`]).
+    pub local_url: Option<String>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -118,6 +130,15 @@ impl InterchangeHandle {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+        // ZeroMQ removes the socket file when its listener closes, which it does in the
+        // background; the agent may exit first.
+        if let Some(path) = self
+            .local_url
+            .as_deref()
+            .and_then(|u| u.strip_prefix("ipc://"))
+        {
+            let _ = std::fs::remove_file(path);
+        }
     }
 
     fn send(&self, command: Command) {
@@ -139,6 +160,10 @@ pub fn start(
     router.set_router_mandatory(false)?;
     router.set_linger(500)?;
     let url = bind(&router, &config)?;
+    let local_url = config
+        .local_socket
+        .as_deref()
+        .and_then(|path| bind_local(&router, path));
     let wake_addr = "inproc://interchange-wake";
     let wake_rx = context.socket(zmq::PULL)?;
     wake_rx.bind(wake_addr)?;
@@ -164,6 +189,7 @@ pub fn start(
         commands: commands_tx,
         wake: Mutex::new(wake_tx),
         url,
+        local_url,
         thread: Some(thread),
     })
 }
@@ -186,6 +212,27 @@ fn bind(router: &zmq::Socket, config: &InterchangeConfig) -> anyhow::Result<Stri
                 }
             }
             anyhow::bail!("no free port for the interchange on {host} in {lo}..={hi}")
+        }
+    }
+}
+
+/// Listens on the Unix socket `path` too; answers its address, or `None` (logged) when it
+/// cannot, and managers then connect over TCP. ZeroMQ replaces a socket file left by an
+/// agent that crashed.
+fn bind_local(router: &zmq::Socket, path: &Path) -> Option<String> {
+    let Some(text) = path.to_str().filter(|p| p.len() <= MAX_SOCKET_PATH) else {
+        tracing::info!(
+            path = %path.display(),
+            "the state directory's path is too long for a Unix socket; local managers use TCP"
+        );
+        return None;
+    };
+    let url = format!("ipc://{text}");
+    match router.bind(&url) {
+        Ok(()) => Some(url),
+        Err(e) => {
+            tracing::warn!(%url, "cannot listen on a Unix socket ({e}); local managers use TCP");
+            None
         }
     }
 }

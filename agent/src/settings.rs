@@ -8,6 +8,17 @@ use anyhow::{bail, Context};
 use scifaas_providers::{Credentials, KubernetesProvider, LocalProvider, Provider};
 use std::path::PathBuf;
 
+/// The Unix socket in the state directory that managers on this host connect to.
+const INTERCHANGE_SOCKET: &str = "interchange.sock";
+
+/// Whether every manager of a block runs on this host: the local provider starting one
+/// manager itself (with a launcher such as `srun` or `mpiexec` inside an allocation,
+/// they may run on other nodes).
+fn managers_on_this_host(provider: &ProviderConfig) -> bool {
+    matches!(provider, ProviderConfig::Local(_))
+        && provider.launcher() == scifaas_providers::Launcher::SingleNode
+}
+
 /// Builds the agent's settings and provider. `scifaas_exe` is the binary pilots run as
 /// `scifaas manager`. A fresh endpoint secret is drawn for every agent start, so only
 /// the pilots of this agent can register.
@@ -51,6 +62,8 @@ pub fn from_config(
     let mut secret = [0u8; 32];
     getrandom::fill(&mut secret).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
     let exe = scifaas_exe.to_string_lossy().into_owned();
+    let local_socket =
+        managers_on_this_host(&config.provider).then(|| state_dir.join(INTERCHANGE_SOCKET));
     let settings = AgentSettings {
         name: name.to_owned(),
         state_dir,
@@ -65,6 +78,7 @@ pub fn from_config(
             heartbeat_threshold: engine.heartbeat_threshold,
             prefetch: engine.prefetch_capacity,
             max_retries_on_system_failure: engine.max_retries_on_system_failure,
+            local_socket,
         },
         scaling: ScalingPolicy {
             init_blocks: limits.init_blocks,

@@ -14,6 +14,7 @@ fn config() -> InterchangeConfig {
         heartbeat_threshold: Duration::from_millis(600),
         prefetch: Prefetch::Fixed(0),
         max_retries_on_system_failure: 0,
+        local_socket: None,
     }
 }
 
@@ -163,6 +164,88 @@ fn tasks_go_out_by_capacity_and_results_come_back_with_stamps() {
     };
     assert_eq!(second.len(), 1);
     assert_eq!(second[0].task_id, tasks[2].task_id);
+    interchange.shutdown();
+}
+
+#[test]
+fn managers_on_this_host_work_over_the_unix_socket_and_others_over_tcp() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("interchange.sock");
+    // Left by an agent that crashed: it is replaced.
+    std::fs::write(&socket, b"").unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let interchange = start(
+        InterchangeConfig {
+            local_socket: Some(socket.clone()),
+            ..config()
+        },
+        tx,
+    )
+    .unwrap();
+    let local_url = interchange
+        .local_url
+        .clone()
+        .expect("listening on the socket");
+    assert_eq!(local_url, format!("ipc://{}", socket.display()));
+    assert!(interchange.url.starts_with("tcp://"));
+    let local = TestManager::connect(&local_url, "s3cret", 1, None);
+    let remote = TestManager::connect(&interchange.url, "s3cret", 1, None);
+    for manager in [&local, &remote] {
+        assert!(matches!(
+            manager.recv(),
+            InterchangeMessage::Registered { .. }
+        ));
+    }
+    // One task each (one worker each, no prefetch): both links carry tasks and results.
+    let tasks: Vec<TaskSpec> = (0..2).map(|_| task(None)).collect();
+    interchange.submit(tasks.clone(), now_micros());
+    let mut done = Vec::new();
+    for manager in [&local, &remote] {
+        let InterchangeMessage::Tasks { tasks: got } = manager.recv() else {
+            panic!("expected tasks")
+        };
+        assert_eq!(got.len(), 1);
+        manager.send(&ManagerMessage::Results {
+            results: vec![TaskResult::success(
+                got[0].task_id,
+                Bytes::from_static(b"1"),
+            )],
+        });
+        done.push(got[0].task_id);
+    }
+    let mut back = Vec::new();
+    while back.len() < 2 {
+        let InterchangeEvent::Results(results) =
+            next_event(&mut rx, |e| matches!(e, InterchangeEvent::Results(_)))
+        else {
+            unreachable!()
+        };
+        back.extend(results.iter().map(|r| r.task_id));
+    }
+    back.sort();
+    done.sort();
+    assert_eq!(back, done);
+    interchange.shutdown();
+    // The socket file goes with the interchange.
+    assert!(!socket.exists());
+}
+
+#[test]
+fn a_state_directory_too_deep_for_a_unix_socket_leaves_managers_on_tcp() {
+    let deep = std::path::PathBuf::from("/tmp")
+        .join("d".repeat(120))
+        .join("interchange.sock");
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let interchange = start(
+        InterchangeConfig {
+            local_socket: Some(deep),
+            ..config()
+        },
+        tx,
+    )
+    .unwrap();
+    assert_eq!(interchange.local_url, None);
+    assert!(interchange.url.starts_with("tcp://"));
     interchange.shutdown();
 }
 

@@ -52,6 +52,7 @@ pub async fn run(sim: Simulation) -> anyhow::Result<Value> {
         heartbeat_threshold: Duration::from_secs(600),
         prefetch: scifaas_agent::prefetch::Prefetch::Fixed(sim.prefetch),
         max_retries_on_system_failure: 0,
+        local_socket: None,
     };
     let handle = interchange::start(config, events_tx)?;
     let url = handle.url.clone();
