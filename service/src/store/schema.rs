@@ -15,6 +15,15 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// The writer's page cache, in KiB.
 const WRITER_CACHE_KIB: i64 = 8 << 10;
 
+/// WAL pages after which a commit checkpoints the WAL into the database (SQLite's
+/// default is 1,000). Every call rewrites the same few pages (the ends of the tasks table
+/// and its indexes), and a checkpoint copies each page once however often it changed,
+/// so rarer checkpoints copy and sync far less in all. With the default, a warm call
+/// paid for a checkpoint every ~75 calls, on a 2-core machine in the same moment as its
+/// worker: p99 lower in 16 of 20 alternating latency runs with 20,000 (e.g. 2.03 -> 1.26
+/// ms, 1.38 -> 1.04 ms at a p50 of ~0.75 ms). The WAL then grows to ~80 MB on disk.
+const WAL_AUTOCHECKPOINT_PAGES: i64 = 20_000;
+
 /// The path of the database inside `data_dir`.
 pub(crate) fn db_path(data_dir: &Path) -> PathBuf {
     data_dir.join(DB_FILE)
@@ -32,6 +41,7 @@ pub(crate) fn open_writer(path: &Path) -> rusqlite::Result<Connection> {
     // working set is its last pages; 8 MiB holds them with room for a deep queue (a
     // million queued tasks go in at ~100,000/s with it; 64 MiB made no difference).
     conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
+    conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)?;
     // Every statement the writer runs stays compiled (rusqlite keeps 16 by default,
     // fewer than the writer's own).
     conn.set_prepared_statement_cache_capacity(64);
