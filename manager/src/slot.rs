@@ -21,7 +21,7 @@ use std::time::Duration;
 /// function last ran at most this long (in microseconds): the wait it saves, a round
 /// trip through the slot thread, is under 1 % of longer tasks, and a task written behind
 /// one that runs long waits for it even if another worker comes free.
-const SEND_AHEAD_MAX_RUN_US: i64 = 20_000;
+const SEND_AHEAD_MAX_RUN_US: i64 = scifaas_protocol::interchange::WRITE_AHEAD_MAX_RUN_US;
 
 /// Behind a function that last ran at most this long (microseconds), up to
 /// [`DEEP_AHEAD`] tasks are written at once. For calls this short the worker's own

@@ -6,6 +6,12 @@
 //! many tasks it holds, and sends at most `workers + prefetch` outstanding tasks.
 
 use crate::ids::{BlockId, ManagerId};
+
+/// A manager writes a task into a worker's pipe behind the running one when the running
+/// task's function last ran at most this long (microseconds), so the worker starts it
+/// the moment the first ends. The interchange's `auto` prefetch counts on it: such tasks
+/// need a second task per worker at the manager to keep one written behind.
+pub const WRITE_AHEAD_MAX_RUN_US: i64 = 20_000;
 use crate::task::{TaskResult, TaskSpec};
 use serde::{Deserialize, Serialize};
 
