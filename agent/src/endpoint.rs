@@ -302,19 +302,14 @@ impl Agent {
                         }
                     }
                 }
-                // The tasks go to the interchange while their records are written: they
-                // are acknowledged only once written (and synced, if the journal syncs),
-                // so a crash in between loses nothing (the service sends them again; one
-                // that ran already runs again, as for any task of a crashed agent).
-                let records = self.journal.note_tasks(&fresh);
-                self.interchange.submit(fresh, now_micros());
                 // A `write(2)` is quick; only waiting for the disk is worth handing this
                 // thread's other tasks to another thread.
                 if self.journal.syncs() {
-                    tokio::task::block_in_place(|| self.journal.write_tasks(records))?;
+                    tokio::task::block_in_place(|| self.journal.append_tasks(&fresh))?;
                 } else {
-                    self.journal.write_tasks(records)?;
+                    self.journal.append_tasks(&fresh)?;
                 }
+                self.interchange.submit(fresh, now_micros());
                 link.send(&AgentMessage::TasksAccepted { task_ids }).await?;
                 if !resend.is_empty() {
                     link.send(&AgentMessage::Results { results: resend })

@@ -23,10 +23,6 @@ use std::path::{Path, PathBuf};
 /// Payloads up to this size are journaled with their task; larger ones are not.
 pub const JOURNAL_PAYLOAD_LIMIT: usize = 64 << 10;
 
-/// Encoded records of accepted tasks, not written yet ([`Journal::note_tasks`]).
-#[must_use = "the tasks are not journaled until their records are written"]
-pub struct TaskRecords(Vec<u8>);
-
 #[derive(Deserialize)]
 #[serde(tag = "r", rename_all = "kebab-case")]
 enum Record {
@@ -236,15 +232,9 @@ impl Journal {
     /// Appends newly accepted tasks (the caller filters out ones already live) and, when
     /// the journal syncs, waits for the disk: after this returns the agent may ack them.
     pub fn append_tasks(&mut self, tasks: &[TaskSpec]) -> io::Result<()> {
-        let records = self.note_tasks(tasks);
-        self.write_tasks(records)
-    }
-
-    /// The first half of [`Journal::append_tasks`]: notes `tasks` as accepted and encodes
-    /// their records, so that the tasks can go on their way (to the interchange) while
-    /// the records are written. The caller writes them with [`Journal::write_tasks`]
-    /// before it acknowledges the tasks.
-    pub fn note_tasks(&mut self, tasks: &[TaskSpec]) -> TaskRecords {
+        if tasks.is_empty() {
+            return Ok(());
+        }
         let mut buf = self.take_buffer();
         for task in tasks {
             frame_into(&mut buf, &RecordRef::accepted(task));
@@ -252,15 +242,8 @@ impl Journal {
                 self.pending += 1;
             }
         }
-        TaskRecords(buf)
-    }
-
-    /// Writes records [`Journal::note_tasks`] encoded (and waits for the disk if the
-    /// journal syncs).
-    pub fn write_tasks(&mut self, records: TaskRecords) -> io::Result<()> {
-        let any = !records.0.is_empty();
-        self.write(records.0)?;
-        if any && self.sync {
+        self.write(buf)?;
+        if self.sync {
             self.file.sync_data()?;
         }
         Ok(())

@@ -115,7 +115,7 @@ fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
 /// - The service alone: one per core (tokio's default), for many clients at once.
 /// - The whole stack in one process (`demo`, `bench`): it shares the machine with the
 ///   managers and workers it starts, so half the cores, at least one (on 2 cores,
-///   one thread: warm round trip p50 0.69 -> 0.65 ms, p99 1.07 -> 0.99 ms, median of six
+///   one thread: warm round trip p50 0.71 -> 0.65 ms, p99 1.10 -> 0.99 ms, medians of six
 ///   alternating `scifaas bench` runs).
 /// - An endpoint agent: at most two; login nodes are shared, and an agent has little
 ///   to do besides its interchange thread.

@@ -146,12 +146,11 @@ impl SlotHandle {
     /// ([`WorkerInput::write_if_idle`]), so that it starts without waiting for the slot
     /// thread to wake up; the slot, sent the task next, reads its result. Call it only
     /// for a slot that holds a warm worker of the task's kind and has no task: the worker
-    /// must run this task next. Answers whether it was written.
-    pub fn write_if_idle(&self, task: &TaskSpec) -> bool {
-        let Ok(worker) = self.worker.lock() else {
-            return false;
-        };
-        worker.as_ref().is_some_and(|w| w.input.write_if_idle(task))
+    /// must run this task next. If it is not written here, the slot writes it.
+    pub fn write_if_idle(&self, task: &TaskSpec) {
+        if let Some(worker) = self.worker.lock().ok().as_ref().and_then(|w| w.as_ref()) {
+            worker.input.write_if_idle(task);
+        }
     }
 }
 

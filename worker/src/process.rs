@@ -248,24 +248,23 @@ impl Worker {
             return (Err(WorkerError::Unusable(why.clone())), 0);
         }
         let mut input = lock(&self.input);
-        let first = match input.written.front() {
+        match input.written.front().map(|w| w.task_id) {
             // Written ahead, or by a `WorkerInput`.
-            Some(front) if front.task_id == task.task_id => Ok(()),
-            Some(front) => Err(format!(
-                "task {} was written ahead, but {} came next",
-                front.task_id, task.task_id
-            )),
-            None => match input.write(task) {
-                Ok(()) => Ok(()),
-                Err(failure) => {
+            Some(front) if front == task.task_id => {}
+            Some(front) => {
+                drop(input);
+                let message = format!(
+                    "task {front} was written ahead, but {} came next",
+                    task.task_id
+                );
+                return (Err(self.protocol_error(message)), 0);
+            }
+            None => {
+                if let Err(failure) = input.write(task) {
                     drop(input);
                     return (Err(failure.into_error(|| self.died())), 0);
                 }
-            },
-        };
-        if let Err(message) = first {
-            drop(input);
-            return (Err(self.protocol_error(message)), 0);
+            }
         }
         let mut sent = 0;
         let mut in_flight = input.in_flight();
@@ -289,15 +288,14 @@ impl Worker {
     /// has its function.
     fn finish_task(&mut self, task: &TaskSpec) -> Result<WorkerReply, WorkerError> {
         let hash = &task.function.hash;
-        let sent_source = lock(&self.input)
-            .written
-            .front()
-            .is_some_and(|w| w.with_source);
         let mut reply = self.read_reply(task.task_id)?;
-        let more_written = {
+        let (sent_source, more_written) = {
             let mut input = lock(&self.input);
-            input.written.pop_front();
-            !input.written.is_empty()
+            let answered = input.written.pop_front();
+            (
+                answered.is_some_and(|w| w.with_source),
+                !input.written.is_empty(),
+            )
         };
         if !sent_source && is_unknown_function(&reply) {
             if more_written {

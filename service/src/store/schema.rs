@@ -19,9 +19,10 @@ const WRITER_CACHE_KIB: i64 = 8 << 10;
 /// default is 1,000). Every call rewrites the same few pages (the ends of the tasks table
 /// and its indexes), and a checkpoint copies each page once however often it changed,
 /// so rarer checkpoints copy and sync far less in all. With the default, a warm call
-/// paid for a checkpoint every ~75 calls, on a 2-core machine in the same moment as its
-/// worker: p99 lower in 16 of 20 alternating latency runs with 20,000 (e.g. 2.03 -> 1.26
-/// ms, 1.38 -> 1.04 ms at a p50 of ~0.75 ms). The WAL then grows to ~80 MB on disk.
+/// paid for a checkpoint every ~75 calls (~13 WAL pages each, from `strace`), on a
+/// 2-core machine in the same moment as its worker: p99 lower in 15 of 20 alternating
+/// latency runs with 20,000 (e.g. 2.03 -> 1.26 ms, 1.38 -> 1.04 ms at a p50 of ~0.75
+/// ms). The WAL then grows to ~80 MB on disk.
 const WAL_AUTOCHECKPOINT_PAGES: i64 = 20_000;
 
 /// The path of the database inside `data_dir`.
