@@ -5,6 +5,7 @@ Run with ``python3 -m pytest worker/python/test_worker.py``.
 
 import json
 import os
+import pickle
 import struct
 import subprocess
 import sys
@@ -325,6 +326,47 @@ def test_large_payload_and_result_round_trip(worker):
     header, body = worker.call("identity", IDENTITY, [big])
     assert header["ok"]
     assert len(body) == len(big) + 2
+
+
+def send_pickled(worker, fn_name, source, data):
+    """A task whose payload the manager re-encoded as a pickle (protocol 4)."""
+    worker.next_id += 1
+    source = textwrap.dedent(source).encode()
+    header = {
+        "op": "task",
+        "task_id": "t%d" % worker.next_id,
+        "fn_hash": "h-" + fn_name,
+        "fn_name": fn_name,
+        "source_len": len(source),
+        "payload_format": "pickle",
+    }
+    worker.proc.stdin.write(frame(header, source + data))
+    worker.proc.stdin.flush()
+    return worker.read_frame()
+
+
+def test_a_pickled_payload_reaches_the_function(worker):
+    doc = {"args": [[1, 2.5, None, True], "h\u00e9"], "kwargs": {}}
+    header, body = send_pickled(
+        worker, "pair", "def pair(a, b):\n    return [a, b]\n", pickle.dumps(doc, protocol=4)
+    )
+    assert header["ok"], header
+    assert json.loads(body) == [[1, 2.5, None, True], "h\u00e9"]
+
+
+@pytest.mark.parametrize(
+    "data", [b"\x80\x04(garbage", pickle.dumps([1, 2], protocol=4), pickle.dumps({"args": 3})]
+)
+def test_a_pickled_payload_that_is_not_an_argument_document_is_a_serialization_error(
+    worker, data
+):
+    header, body = send_pickled(worker, "identity", IDENTITY, data)
+    assert header["ok"] is False
+    assert header["error"]["kind"] == "serialization", header
+    assert body == b""
+    # The worker goes on serving.
+    header, body = worker.call("identity", IDENTITY, [7])
+    assert body == b"7"
 
 
 def test_lone_surrogates_in_output_keep_the_header_valid(worker):

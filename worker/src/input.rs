@@ -6,7 +6,8 @@
 
 use crate::error::WorkerError;
 use crate::frame::{encode_frame_into, FrameError, PREFIX_LEN};
-use crate::message::TaskHeader;
+use crate::message::{TaskHeader, PAYLOAD_PICKLE};
+use crate::pickle::json_to_pickle;
 use scifaas_protocol::{TaskId, TaskSpec};
 use std::collections::{HashSet, VecDeque};
 use std::io::{IoSlice, Write};
@@ -16,10 +17,14 @@ use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 /// Room a task frame needs besides its source and payload (the prefix and a header).
 const FRAME_OVERHEAD: usize = 1024;
 
-/// About how many bytes a task's frame takes in the pipe (at most: the source may not go).
-pub(crate) fn frame_len(task: &TaskSpec) -> usize {
-    task.payload.len() + task.function.source.len() + FRAME_OVERHEAD
-}
+/// The largest payload a [`WorkerInput`] writes: re-encoding a larger one (see
+/// [`crate::pickle`]) would hold up the thread that writes it, and a task that large
+/// gains nothing from reaching its worker a wake-up sooner.
+const DIRECT_PAYLOAD_MAX: usize = 64 << 10;
+
+/// A buffer of re-encoded payloads larger than this is let go once written, so that one
+/// huge argument does not stay in the manager's memory.
+const KEPT_PICKLE_BUFFER: usize = 8 << 20;
 
 /// A task written to the worker and not answered yet.
 pub(crate) struct Written {
@@ -53,8 +58,14 @@ pub(crate) struct Input {
     /// The tasks written and not answered yet, oldest (the running one) first.
     pub written: VecDeque<Written>,
     /// The prefix and header of the task frame being sent (its body is written from the
-    /// task's own buffers).
+    /// task's own buffers, or from `pickled`).
     frame: Vec<u8>,
+    /// The payload of the task in `payload_of`, as a pickle.
+    pickled: Vec<u8>,
+    /// The task whose payload was encoded last, and whether it goes as the pickle in
+    /// `pickled` (or as its JSON): a task measured for the room it needs is then written
+    /// without encoding its payload again.
+    payload_of: Option<(TaskId, bool)>,
     /// The size of the pipe into the worker.
     pub pipe_capacity: usize,
 }
@@ -66,6 +77,8 @@ impl Input {
             known: HashSet::new(),
             written: VecDeque::new(),
             frame: Vec::new(),
+            pickled: Vec::new(),
+            payload_of: None,
             pipe_capacity,
         }
     }
@@ -74,13 +87,40 @@ impl Input {
     /// as written. A pipe that broke is closed on our side too.
     pub fn write(&mut self, task: &TaskSpec) -> Result<(), WriteFailure> {
         let with_source = !self.known.contains(&task.function.hash);
+        let frame_len = self.frame_len(task);
         self.write_frame(task, with_source)?;
         self.written.push_back(Written {
             task_id: task.task_id,
             with_source,
-            frame_len: frame_len(task),
+            frame_len,
         });
         Ok(())
+    }
+
+    /// About how many bytes `task`'s frame takes in the pipe (at most: the source may not
+    /// go). Encodes its payload for the worker, which writing it next then reuses.
+    pub fn frame_len(&mut self, task: &TaskSpec) -> usize {
+        let payload = if self.encode_payload(task) {
+            self.pickled.len()
+        } else {
+            task.payload.len()
+        };
+        payload + task.function.source.len() + FRAME_OVERHEAD
+    }
+
+    /// Encodes `task`'s payload as a pickle into `pickled`, unless that was the last one
+    /// encoded; answers whether the pickle goes (or the JSON, where it declined).
+    fn encode_payload(&mut self, task: &TaskSpec) -> bool {
+        match self.payload_of {
+            Some((id, pickled)) if id == task.task_id => pickled,
+            _ => {
+                // An empty payload means no arguments, to the worker as well.
+                let pickled =
+                    !task.payload.is_empty() && json_to_pickle(&task.payload, &mut self.pickled);
+                self.payload_of = Some((task.task_id, pickled));
+                pickled
+            }
+        }
     }
 
     /// Writes one task frame, without noting it.
@@ -90,29 +130,40 @@ impl Input {
         } else {
             &[]
         };
+        let pickled = self.encode_payload(task);
+        let payload: &[u8] = if pickled {
+            &self.pickled
+        } else {
+            &task.payload
+        };
         let header = TaskHeader {
             op: "task",
             task_id: task.task_id,
             fn_hash: &task.function.hash,
             fn_name: &task.function.name,
             source_len: source.len(),
+            payload_format: pickled.then_some(PAYLOAD_PICKLE),
         };
         let header = serde_json::to_vec(&header).expect("a task header always encodes");
         self.frame.clear();
         encode_frame_into(&mut self.frame, &header, &[])?;
-        let body_len = u32::try_from(source.len() + task.payload.len()).map_err(|_| {
-            FrameError::BodyTooLarge {
-                len: (source.len() + task.payload.len()) as u64,
+        let body_len =
+            u32::try_from(source.len() + payload.len()).map_err(|_| FrameError::BodyTooLarge {
+                len: (source.len() + payload.len()) as u64,
                 limit: u32::MAX.into(),
-            }
-        })?;
+            })?;
         // The prefix announces the body that follows; written from the task's buffers,
         // so that a large payload is not copied into a frame first.
         self.frame[4..PREFIX_LEN].copy_from_slice(&body_len.to_be_bytes());
         let Some(stdin) = self.stdin.as_mut() else {
             return Err(WriteFailure::Broken);
         };
-        if write_all_vectored(stdin, &[&self.frame, source, &task.payload]).is_err() {
+        let broke = write_all_vectored(stdin, &[&self.frame, source, payload]).is_err();
+        if self.pickled.capacity() > KEPT_PICKLE_BUFFER {
+            self.pickled = Vec::new();
+            self.payload_of = None;
+        }
+        if broke {
             // Part of a frame may be in the pipe: nothing more may follow it.
             self.stdin = None;
             return Err(WriteFailure::Broken);
@@ -156,7 +207,8 @@ impl WorkerInput {
         };
         if input.stdin.is_none()
             || !input.written.is_empty()
-            || frame_len(task) > input.pipe_capacity / 2
+            || task.payload.len() > DIRECT_PAYLOAD_MAX
+            || input.frame_len(task) > input.pipe_capacity / 2
         {
             return false;
         }

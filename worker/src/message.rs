@@ -6,7 +6,8 @@ use scifaas_protocol::{ErrorKind, Outcome, ResultTiming, TaskError, TaskId, Task
 use serde::{Deserialize, Serialize};
 
 /// Header of a manager -> worker task frame. The body is `source_len` bytes of source
-/// followed by the payload JSON.
+/// followed by the payload: its JSON, or with `payload_format` [`PAYLOAD_PICKLE`] the
+/// same values as a pickle (see [`crate::pickle`]).
 #[derive(Debug, Serialize)]
 pub struct TaskHeader<'a> {
     pub op: &'static str,
@@ -14,7 +15,12 @@ pub struct TaskHeader<'a> {
     pub fn_hash: &'a str,
     pub fn_name: &'a str,
     pub source_len: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload_format: Option<&'static str>,
 }
+
+/// The `payload_format` of a payload re-encoded as a pickle.
+pub const PAYLOAD_PICKLE: &str = "pickle";
 
 /// A worker -> manager header.
 #[derive(Debug, Deserialize)]
@@ -141,12 +147,13 @@ mod tests {
     #[test]
     fn a_task_header_has_the_documented_fields() {
         let task_id = TaskId::new();
-        let header = TaskHeader {
+        let mut header = TaskHeader {
             op: "task",
             task_id,
             fn_hash: "abc",
             fn_name: "f",
             source_len: 12,
+            payload_format: None,
         };
         let json: serde_json::Value = serde_json::to_value(&header).unwrap();
         assert_eq!(
@@ -154,6 +161,9 @@ mod tests {
             serde_json::json!({"op": "task", "task_id": task_id.to_string(), "fn_hash": "abc",
                 "fn_name": "f", "source_len": 12})
         );
+        header.payload_format = Some(PAYLOAD_PICKLE);
+        let json: serde_json::Value = serde_json::to_value(&header).unwrap();
+        assert_eq!(json["payload_format"], "pickle");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use crate::command::{WorkerCommand, WorkerOptions};
 use crate::error::{WorkerError, WorkerExit};
 use crate::frame::{read_exact_vec, read_frame, read_prefix, skip_bytes, FrameError};
-use crate::input::{frame_len, lock, Input, WorkerInput};
+use crate::input::{lock, Input, WorkerInput};
 use crate::killer::WorkerKiller;
 use crate::message::{ResultHeader, WorkerMessage, WorkerReply};
 use crate::stderr::StderrTail;
@@ -269,7 +269,7 @@ impl Worker {
         let mut sent = 0;
         let mut in_flight = input.in_flight();
         for next in next {
-            in_flight += frame_len(next);
+            in_flight += input.frame_len(next);
             if in_flight > input.pipe_capacity / 2 {
                 break;
             }

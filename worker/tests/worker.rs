@@ -115,6 +115,40 @@ fn a_worker_that_lost_a_function_gets_its_source_again() {
     );
 }
 
+/// What the function was given, by type and repr, as Python sees it.
+const DESCRIBE: &str = "def describe(*args, **kwargs):\n    \
+                        seen = lambda v: [type(v).__name__, repr(v)]\n    \
+                        return [[seen(a) for a in args], {k: seen(v) for k, v in kwargs.items()}]\n";
+
+#[test]
+fn arguments_arrive_as_json_loads_reads_them_pickled_or_not() {
+    let mut worker = spawn();
+    let describe = function("describe", DESCRIBE);
+    // The manager sends most payloads as pickles, and some as JSON (integers beyond 64
+    // bits, -0, lone surrogates): the function sees the same values either way.
+    let big = "x".repeat(300_000);
+    for (payload, expected) in [
+        (
+            format!(r#"{{"args": [1.5, "{big}"], "kwargs": {{"n": -3, "z": null}}}}"#),
+            format!(
+                r#"[[["float","1.5"],["str","'{big}'"]],{{"n":["int","-3"],"z":["NoneType","None"]}}]"#
+            ),
+        ),
+        (
+            r#"{"args": [18446744073709551616, -0, "\ud800", 1e400]}"#.to_string(),
+            r#"[[["int","18446744073709551616"],["int","0"],["str","'\\ud800'"],["float","inf"]],{}]"#
+                .to_string(),
+        ),
+        (
+            r#"{"args": [[true, {"k": 2, "k": 3}], 0.1]}"#.to_string(),
+            r#"[[["list","[True, {'k': 3}]"],["float","0.1"]],{}]"#.to_string(),
+        ),
+    ] {
+        let reply = worker.run(&task(&describe, &payload)).unwrap();
+        assert_eq!(String::from_utf8_lossy(success(&reply)), expected);
+    }
+}
+
 #[test]
 fn prints_even_on_fd_1_do_not_corrupt_the_stream_and_stdout_is_returned() {
     let mut worker = spawn();
