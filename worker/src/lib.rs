@@ -18,7 +18,7 @@ pub mod frame;
 mod input;
 mod killer;
 pub mod message;
-mod pickle;
+pub mod pickle;
 mod process;
 mod stderr;
 
