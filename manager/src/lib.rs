@@ -26,6 +26,7 @@ mod ready;
 mod reports;
 mod run;
 mod slot;
+mod yielding;
 
 pub use node::{node_name, NODE_NAME_VARIABLES};
 pub use run::{drain_margin, run, ManagerConfig, ACCELERATOR_VARIABLES, DEFAULT_START_RETRY_AFTER};

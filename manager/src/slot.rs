@@ -7,6 +7,7 @@ use crate::failures::StartFailures;
 use crate::pool::WorkerKind;
 use crate::ready::ReadyQueue;
 use crate::reports::ReportSender;
+use crate::yielding::Yielding;
 use scifaas_protocol::{
     Actor, ErrorKind, TaskError, TaskId, TaskResult, TaskSpec, TaskState, Transition,
 };
@@ -176,6 +177,7 @@ pub fn spawn_slot<W: Fn() + Send + 'static>(
         worker: worker.clone(),
         current: None,
         run_times: HashMap::new(),
+        yielding: Yielding::new(),
     };
     // The worker is spawned from this thread, which lives as long as the slot: a
     // runtime that ties its child's life to its parent's (bwrap --die-with-parent uses
@@ -202,6 +204,8 @@ struct SlotState {
     current: Option<(WorkerKind, Worker)>,
     /// How long each function (by hash) ran last on this slot, in microseconds.
     run_times: HashMap<String, i64>,
+    /// This thread's scheduling policy, by whether its worker has tasks queued.
+    yielding: Yielding,
 }
 
 impl SlotState {
@@ -254,6 +258,9 @@ impl SlotState {
                     None => break,
                 }
             }
+            // Woken for this task's result while others are queued behind it, this
+            // thread must not preempt the worker running them.
+            self.yielding.set(!written.is_empty() || !fresh.is_empty());
             let (result, died, sent) = self.run(&task, &kind, &fresh, &send);
             // Those written are now the worker's; the others go back to the line.
             let mut fresh = fresh.into_iter();
@@ -407,6 +414,8 @@ impl SlotState {
                 self.retire(&format!("switching to the {kind}"));
                 self.shared.switches.fetch_add(1, Ordering::Relaxed);
             }
+            // A process inherits its parent thread's policy: workers get the default.
+            self.yielding.set(false);
             Worker::spawn(&command).map_err(|e| {
                 TaskError::system(
                     ErrorKind::Endpoint,
