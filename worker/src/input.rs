@@ -24,7 +24,7 @@ const DIRECT_PAYLOAD_MAX: usize = 64 << 10;
 
 /// A buffer of re-encoded payloads larger than this is let go once written, so that one
 /// huge argument does not stay in the manager's memory.
-const KEPT_PICKLE_BUFFER: usize = 8 << 20;
+const KEPT_PICKLE_BUFFER: usize = 2 << 20;
 
 /// A task written to the worker and not answered yet.
 pub(crate) struct Written {
