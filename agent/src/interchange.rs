@@ -176,6 +176,7 @@ pub fn start(
         queue: VecDeque::new(),
         managers: HashMap::new(),
         mean_run_us: None,
+        mean_payload: 0.0,
         events,
         last_status: Instant::now() - Duration::from_secs(3600),
     };
@@ -294,12 +295,16 @@ struct Interchange {
     /// Moving mean of how long tasks ran in their workers, in microseconds (sizes an
     /// `auto` prefetch).
     mean_run_us: Option<f64>,
+    /// Moving mean of the payload bytes of tasks submitted (sizes an `auto` prefetch).
+    mean_payload: f64,
     events: UnboundedSender<InterchangeEvent>,
     last_status: Instant,
 }
 
 /// The weight of the newest task in the moving mean of task run times.
 const RUN_TIME_WEIGHT: f64 = 0.05;
+/// The weight of the newest task in the moving mean of payload sizes.
+const PAYLOAD_WEIGHT: f64 = 0.05;
 
 /// How often the interchange reports a status snapshot.
 const STATUS_PERIOD: Duration = Duration::from_millis(500);
@@ -323,7 +328,13 @@ impl Interchange {
                 while wake_rx.recv_bytes(zmq::DONTWAIT).is_ok() {}
                 while let Ok(command) = commands.try_recv() {
                     match command {
-                        Command::Submit(tasks) => self.queue.extend(tasks),
+                        Command::Submit(tasks) => {
+                            for (task, _) in &tasks {
+                                let bytes = task.payload.len() as f64;
+                                self.mean_payload += (bytes - self.mean_payload) * PAYLOAD_WEIGHT;
+                            }
+                            self.queue.extend(tasks)
+                        }
                         Command::DrainBlock(block_id) => self.drain_block(&block_id),
                         Command::BlockLost { block_id, reason } => {
                             self.on_block_lost(&block_id, &reason)
@@ -543,9 +554,10 @@ impl Interchange {
         // worker before any manager holds tasks it cannot start yet.
         self.fill(&mut batches, now, false, |_| 0);
         let (prefetch, mean_run_us) = (self.config.prefetch, self.mean_run_us);
+        let mean_payload = self.mean_payload;
         if !prefetch.is_none(mean_run_us) {
             self.fill(&mut batches, now, true, |m| {
-                prefetch.capacity(m.registration.workers, mean_run_us)
+                prefetch.capacity(m.registration.workers, mean_run_us, mean_payload)
             });
         }
         self.send_batches(batches);
