@@ -233,14 +233,19 @@ impl SlotState {
         loop {
             let (task, kind) = match next.take() {
                 Some(lined_up) => lined_up,
-                None => match orders.recv() {
-                    Ok(SlotOrder::Retire) => {
-                        self.retire("idle");
-                        continue;
+                None => {
+                    // Idle, this thread is woken for a lone task, whose result someone
+                    // waits for: it must not wait for a busy core.
+                    self.yielding.set(false);
+                    match orders.recv() {
+                        Ok(SlotOrder::Retire) => {
+                            self.retire("idle");
+                            continue;
+                        }
+                        Ok(SlotOrder::Run { task, kind }) => (task, kind),
+                        Err(_) => break,
                     }
-                    Ok(SlotOrder::Run { task, kind }) => (task, kind),
-                    Err(_) => break,
-                },
+                }
             };
             // Tasks lined up behind this one go to the worker with it, each to start the
             // moment the one before ends, when this one is expected to be short: one
