@@ -374,3 +374,67 @@ fn a_task_goes_to_the_manager_with_a_warm_worker_for_its_container() {
     assert!(matches!(second.recv(), InterchangeMessage::Tasks { .. }));
     interchange.shutdown();
 }
+
+#[test]
+fn auto_prefetch_holds_many_short_tasks_but_only_a_few_mebibytes_of_arguments() {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let interchange = start(
+        InterchangeConfig {
+            prefetch: Prefetch::Auto,
+            ..config()
+        },
+        tx,
+    )
+    .unwrap();
+    let manager = TestManager::connect(&interchange.url, "s3cret", 1, None);
+    assert!(matches!(
+        manager.recv(),
+        InterchangeMessage::Registered { .. }
+    ));
+    // Answers `tasks` as 5 us calls, and waits until the interchange has their results.
+    let mut finish = |tasks: &[TaskSpec]| {
+        let results = tasks
+            .iter()
+            .map(|t| {
+                let mut result = TaskResult::success(t.task_id, Bytes::from_static(b"0"));
+                result.timing.exec_start = 1_000;
+                result.timing.exec_end = 1_005;
+                result
+            })
+            .collect();
+        manager.send(&ManagerMessage::Results { results });
+        next_event(&mut rx, |e| matches!(e, InterchangeEvent::Results(_)));
+    };
+    let take = || {
+        let InterchangeMessage::Tasks { tasks } = manager.recv() else {
+            panic!("expected tasks")
+        };
+        tasks
+    };
+    // Run times are known once a task finished: then short tasks are held deep.
+    interchange.submit(vec![task(None)], now_micros());
+    finish(&take());
+    interchange.submit((0..100).map(|_| task(None)).collect(), now_micros());
+    let small = take();
+    assert_eq!(small.len(), 1 + 64, "one for the worker, 64 held ahead");
+    finish(&small);
+    let rest = take();
+    assert_eq!(rest.len(), 100 - 65);
+    finish(&rest);
+    // Tasks with 2 MiB arguments, as short: 8 MiB held per worker (by the moving mean
+    // of payload sizes, which 60 of them bring to 1.9 MiB).
+    let big = Bytes::from(vec![b' '; 2 << 20]);
+    let large: Vec<TaskSpec> = (0..60)
+        .map(|_| TaskSpec {
+            payload: big.clone(),
+            ..task(None)
+        })
+        .collect();
+    interchange.submit(large, now_micros());
+    assert_eq!(
+        take().len(),
+        1 + 4,
+        "one for the worker, four of 2 MiB held ahead"
+    );
+    interchange.shutdown();
+}
