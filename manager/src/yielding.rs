@@ -10,10 +10,11 @@
 //! interrupted) and the default policy while its worker has one task or none (latency: the
 //! result is what someone waits for, and the worker is about to block anyway).
 //!
-//! Measured with the peer workload (manager threads switched by hand with `chrt`, three
-//! alternating runs each): 10 ms sleep tasks 97.0 -> 97.4-97.5 % efficiency, no-op
-//! throughput and 1 MiB arguments up; warm round trips with the slot threads always in
-//! `SCHED_BATCH` had a p99 1.4x higher, hence the switch back for lone tasks.
+//! Measured with the peer workload, alternating runs: with this switching, 10 ms sleep
+//! tasks 96.7 / 97.4 / 97.3 -> 97.2 / 97.7 / 97.3 % efficiency, latency unchanged. With the
+//! slot threads always in `SCHED_BATCH` (switched by hand with `chrt`) no-op throughput
+//! rose too, but warm round trips had a p99 1.4x higher, hence the switch back for lone
+//! tasks.
 //!
 //! A process inherits the policy of the thread that started it (`SCHED_RESET_ON_FORK`
 //! resets only real-time policies), so a slot thread takes the default policy before it
