@@ -176,7 +176,7 @@ pub fn start(
         queue: VecDeque::new(),
         managers: HashMap::new(),
         mean_run_us: None,
-        mean_payload: 0.0,
+        mean_payload: None,
         events,
         last_status: Instant::now() - Duration::from_secs(3600),
     };
@@ -296,15 +296,19 @@ struct Interchange {
     /// `auto` prefetch).
     mean_run_us: Option<f64>,
     /// Moving mean of the payload bytes of tasks submitted (sizes an `auto` prefetch).
-    mean_payload: f64,
+    mean_payload: Option<f64>,
     events: UnboundedSender<InterchangeEvent>,
     last_status: Instant,
 }
 
-/// The weight of the newest task in the moving mean of task run times.
-const RUN_TIME_WEIGHT: f64 = 0.05;
-/// The weight of the newest task in the moving mean of payload sizes.
-const PAYLOAD_WEIGHT: f64 = 0.05;
+/// The weight of the newest task in the moving means of run times and payload sizes.
+const MEAN_WEIGHT: f64 = 0.05;
+
+/// Adds `sample` to the moving mean `mean` (the first sample starts it).
+fn add_to_mean(mean: &mut Option<f64>, sample: f64) {
+    let mean = mean.get_or_insert(sample);
+    *mean += (sample - *mean) * MEAN_WEIGHT;
+}
 
 /// How often the interchange reports a status snapshot.
 const STATUS_PERIOD: Duration = Duration::from_millis(500);
@@ -330,8 +334,7 @@ impl Interchange {
                     match command {
                         Command::Submit(tasks) => {
                             for (task, _) in &tasks {
-                                let bytes = task.payload.len() as f64;
-                                self.mean_payload += (bytes - self.mean_payload) * PAYLOAD_WEIGHT;
+                                add_to_mean(&mut self.mean_payload, task.payload.len() as f64);
                             }
                             self.queue.extend(tasks)
                         }
@@ -421,8 +424,7 @@ impl Interchange {
                     let timing = &result.timing;
                     if timing.exec_start > 0 && timing.exec_end >= timing.exec_start {
                         let run = (timing.exec_end - timing.exec_start) as f64;
-                        let mean = self.mean_run_us.get_or_insert(run);
-                        *mean += (run - *mean) * RUN_TIME_WEIGHT;
+                        add_to_mean(&mut self.mean_run_us, run);
                     }
                     results.push(result);
                 }
@@ -554,7 +556,7 @@ impl Interchange {
         // worker before any manager holds tasks it cannot start yet.
         self.fill(&mut batches, now, false, |_| 0);
         let (prefetch, mean_run_us) = (self.config.prefetch, self.mean_run_us);
-        let mean_payload = self.mean_payload;
+        let mean_payload = self.mean_payload.unwrap_or(0.0);
         if !prefetch.is_none(mean_run_us) {
             self.fill(&mut batches, now, true, |m| {
                 prefetch.capacity(m.registration.workers, mean_run_us, mean_payload)

@@ -16,7 +16,8 @@
 //! batches (holding each up to 0.5 ms for company) and is sent tasks as results come
 //! back, so its tasks per second are at most what it holds over that cycle. With 8 tasks
 //! per worker (1 ms) two workers did 18-25k no-op tasks/s with 16 % of the CPUs idle;
-//! with 64 (2 ms), 33-40k/s on less CPU per task (alternating `scifaas bench` runs).
+//! with 64 (2 ms), 33-40k/s, and 42-44k/s with the 8 MiB cap too, on less CPU per task
+//! (alternating `scifaas bench` runs, three of each).
 
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;

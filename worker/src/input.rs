@@ -99,13 +99,25 @@ impl Input {
 
     /// About how many bytes `task`'s frame takes in the pipe (at most: the source may not
     /// go). Encodes its payload for the worker, which writing it next then reuses.
-    pub fn frame_len(&mut self, task: &TaskSpec) -> usize {
+    fn frame_len(&mut self, task: &TaskSpec) -> usize {
         let payload = if self.encode_payload(task) {
             self.pickled.len()
         } else {
             task.payload.len()
         };
         payload + task.function.source.len() + FRAME_OVERHEAD
+    }
+
+    /// [`Input::frame_len`] of `task` if it is at most `room`, else `None`. The JSON is
+    /// measured first: a task whose JSON does not fit is not re-encoded only to be
+    /// measured and left unwritten (its pickle might be a little smaller; it is then
+    /// written on its own later).
+    pub fn frame_len_within(&mut self, task: &TaskSpec, room: usize) -> Option<usize> {
+        let json_len = task.payload.len() + task.function.source.len() + FRAME_OVERHEAD;
+        if json_len > room {
+            return None;
+        }
+        Some(self.frame_len(task)).filter(|&len| len <= room)
     }
 
     /// Encodes `task`'s payload as a pickle into `pickled`, unless that was the last one
@@ -205,10 +217,11 @@ impl WorkerInput {
             Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
             Err(TryLockError::WouldBlock) => return false,
         };
+        let room = input.pipe_capacity / 2;
         if input.stdin.is_none()
             || !input.written.is_empty()
             || task.payload.len() > DIRECT_PAYLOAD_MAX
-            || input.frame_len(task) > input.pipe_capacity / 2
+            || input.frame_len_within(task, room).is_none()
         {
             return false;
         }
@@ -242,5 +255,65 @@ impl WriteFailure {
             WriteFailure::TooLarge(e) => WorkerError::TooLarge(e),
             WriteFailure::Broken => died(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::read_frame;
+    use bytes::Bytes;
+    use scifaas_protocol::{FunctionId, FunctionSpec};
+    use std::process::{Command, Stdio};
+
+    /// The frames `Input` writes for `payloads`, as they leave the pipe (through `cat`).
+    fn frames_written(payloads: &[&str]) -> Vec<(serde_json::Value, Vec<u8>)> {
+        let mut cat = Command::new("cat")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("cat runs");
+        let mut input = Input::new(cat.stdin.take().unwrap(), 1 << 16);
+        for payload in payloads {
+            let task = TaskSpec {
+                task_id: TaskId::new(),
+                function: FunctionSpec {
+                    id: FunctionId::new(),
+                    hash: "h".into(),
+                    name: "f".into(),
+                    source: Bytes::from_static(b"def f(*a): pass\n"),
+                    container: None,
+                },
+                payload: Bytes::copy_from_slice(payload.as_bytes()),
+                walltime_ms: None,
+                retries: 0,
+            };
+            assert!(input.write(&task).is_ok());
+            input.known.insert("h".into());
+        }
+        input.stdin = None;
+        let mut out = cat.stdout.take().unwrap();
+        let frames = std::iter::from_fn(|| read_frame(&mut out, u32::MAX).unwrap())
+            .map(|f| (serde_json::from_slice(&f.header).unwrap(), f.body))
+            .collect();
+        cat.wait().unwrap();
+        frames
+    }
+
+    #[test]
+    fn payloads_go_as_pickles_unless_the_pickle_could_read_differently() {
+        let frames = frames_written(&[r#"{"args": [1.5]}"#, r#"{"args": [-0]}"#, ""]);
+        let (header, body) = &frames[0];
+        assert_eq!(header["payload_format"], "pickle");
+        let source_len = header["source_len"].as_u64().unwrap() as usize;
+        assert_eq!(&body[source_len..source_len + 2], b"\x80\x04");
+        // Declined: the JSON goes, and no format is named.
+        let (header, body) = &frames[1];
+        assert!(header.get("payload_format").is_none());
+        assert_eq!(&body[..], br#"{"args": [-0]}"#);
+        // No arguments stays no bytes.
+        let (header, body) = &frames[2];
+        assert!(header.get("payload_format").is_none());
+        assert!(body.is_empty());
     }
 }

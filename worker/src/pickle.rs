@@ -128,38 +128,37 @@ impl<'de> Visitor<'de> for Value<'_> {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut items: A) -> Result<(), A::Error> {
-        let out = self.0;
-        out.push(EMPTY_LIST);
-        let mark = out.len();
-        out.push(MARK);
-        let mut any = false;
-        while items.next_element_seed(Value(out))?.is_some() {
-            any = true;
-        }
-        if any {
-            out.push(APPENDS);
-        } else {
-            out.truncate(mark);
-        }
+        let mark = open(self.0, EMPTY_LIST);
+        while items.next_element_seed(Value(self.0))?.is_some() {}
+        close(self.0, mark, APPENDS);
         Ok(())
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut entries: A) -> Result<(), A::Error> {
-        let out = self.0;
-        out.push(EMPTY_DICT);
-        let mark = out.len();
-        out.push(MARK);
-        let mut any = false;
-        while entries.next_key_seed(Value(out))?.is_some() {
-            entries.next_value_seed(Value(out))?;
-            any = true;
+        let mark = open(self.0, EMPTY_DICT);
+        while entries.next_key_seed(Value(self.0))?.is_some() {
+            entries.next_value_seed(Value(self.0))?;
         }
-        if any {
-            out.push(SETITEMS);
-        } else {
-            out.truncate(mark);
-        }
+        close(self.0, mark, SETITEMS);
         Ok(())
+    }
+}
+
+/// Starts a list or dict (`empty`) and marks where its items begin; answers the mark's
+/// position for [`close`].
+fn open(out: &mut Vec<u8>, empty: u8) -> usize {
+    out.push(empty);
+    out.push(MARK);
+    out.len() - 1
+}
+
+/// Puts the items written since the mark at `mark` into their container with `add`
+/// (`APPENDS`, `SETITEMS`); with none, the mark goes instead.
+fn close(out: &mut Vec<u8>, mark: usize, add: u8) {
+    if out.len() > mark + 1 {
+        out.push(add);
+    } else {
+        out.truncate(mark);
     }
 }
 

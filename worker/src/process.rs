@@ -267,12 +267,13 @@ impl Worker {
             }
         }
         let mut sent = 0;
+        let room = input.pipe_capacity / 2;
         let mut in_flight = input.in_flight();
         for next in next {
-            in_flight += input.frame_len(next);
-            if in_flight > input.pipe_capacity / 2 {
+            let Some(len) = input.frame_len_within(next, room.saturating_sub(in_flight)) else {
                 break;
-            }
+            };
+            in_flight += len;
             // One that cannot be written (too large a header) runs on its own later and
             // fails then; a worker that died shows in the reply read below.
             if input.write(next).is_err() {
