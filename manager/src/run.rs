@@ -307,6 +307,8 @@ impl Manager {
             };
             if signalled {
                 tracing::info!("terminated by a signal; stopping workers");
+                // At once: a slot whose worker the same signal killed is waiting on this.
+                self.shared.stopping.store(true, Ordering::Release);
                 return Ok(());
             }
             if !self.draining && self.drain_at.is_some_and(|at| Instant::now() >= at) {

@@ -16,7 +16,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A task is written to its worker behind the running one only if the running task's
 /// function last ran at most this long (in microseconds): the wait it saves, a round
@@ -37,6 +37,11 @@ const DEEP_AHEAD: usize = 8;
 /// How long a retired worker gets to exit once its input is closed, before SIGKILL. A
 /// clean exit matters for runtimes that clean up after their process (`docker run --rm`).
 const RETIRE_GRACE: Duration = Duration::from_secs(2);
+
+/// How long a slot whose worker died of SIGTERM (or SIGINT, SIGHUP) waits for the
+/// manager to be signalled too before reporting the death as the task's failure. A batch
+/// system ending a job signals all its processes in one pass, microseconds apart.
+const JOB_END_GRACE: Duration = Duration::from_secs(1);
 
 /// What the main thread tells a slot.
 // Sent once per task through a channel: a few hundred bytes moved beat a box per task.
@@ -286,6 +291,13 @@ impl SlotState {
             let holds = self.current.as_ref().map(|(k, _)| k.clone());
             let lost_worker = holds.is_none() && died;
             let stopping = self.shared.stopping.load(Ordering::Acquire);
+            if died && stopping {
+                // The worker died as the manager stops: one signal ended the pilot for
+                // both (a batch system signals every process of the job). That is not
+                // the task's failure: it goes unreported, and the interchange retries
+                // it or fails it with the manager ("manager lost").
+                break;
+            }
             // The next task of the kind this worker serves, taken before the report so
             // that the report says which task the slot is busy with now. Tasks written
             // ahead that this worker will not run (it died, or the manager stops) never
@@ -384,6 +396,12 @@ impl SlotState {
                 } else {
                     err.to_task_error()
                 };
+                if err.is_termination_by_signal() {
+                    // Most likely the pilot is ending: the same signal is on its way to
+                    // the manager. Give it a moment, so that the task goes down with the
+                    // manager (retried elsewhere) rather than failing here.
+                    stops_within(&self.shared.stopping, JOB_END_GRACE);
+                }
                 let died = !worker.is_usable();
                 if died {
                     self.publish(None);
@@ -481,4 +499,16 @@ fn finished(mut result: TaskResult, running: Option<Transition>) -> TaskResult {
         .transitions
         .push(Transition::now(end_state, Actor::Manager));
     result
+}
+
+/// Waits up to `grace` for the manager to start stopping; answers whether it did.
+fn stops_within(stopping: &AtomicBool, grace: Duration) -> bool {
+    let deadline = Instant::now() + grace;
+    while !stopping.load(Ordering::Acquire) {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    true
 }

@@ -81,6 +81,20 @@ impl WorkerError {
         };
         TaskError::system(kind, type_name, self.to_string())
     }
+
+    /// Whether the worker died of a signal that ends jobs (SIGTERM, SIGINT, SIGHUP) sent
+    /// by someone other than its manager: usually a batch system ending the whole pilot
+    /// (`scancel`, a preemption), whose signal reaches the manager at about the same time.
+    pub fn is_termination_by_signal(&self) -> bool {
+        matches!(
+            self,
+            Self::Died {
+                exit: WorkerExit::Signal(libc::SIGTERM | libc::SIGINT | libc::SIGHUP),
+                killed: false,
+                ..
+            }
+        )
+    }
 }
 
 fn stderr_suffix(stderr: &str) -> String {
@@ -119,5 +133,29 @@ mod tests {
             killed: false,
         };
         assert_eq!(error.to_string(), "worker exited with status 3");
+    }
+
+    #[test]
+    fn only_job_ending_signals_from_outside_read_as_termination() {
+        let died = |exit, killed| WorkerError::Died {
+            exit,
+            stderr: String::new(),
+            killed,
+        };
+        for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            assert!(died(WorkerExit::Signal(signal), false).is_termination_by_signal());
+            assert!(!died(WorkerExit::Signal(signal), true).is_termination_by_signal());
+        }
+        // SIGKILL is the OOM killer or a walltime; SIGSEGV the function; an exit status
+        // the worker itself.
+        for exit in [
+            WorkerExit::Signal(libc::SIGKILL),
+            WorkerExit::Signal(libc::SIGSEGV),
+            WorkerExit::Code(1),
+            WorkerExit::Unknown,
+        ] {
+            assert!(!died(exit, false).is_termination_by_signal());
+        }
+        assert!(!WorkerError::Protocol("x".into()).is_termination_by_signal());
     }
 }
