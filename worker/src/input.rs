@@ -8,6 +8,8 @@ use crate::error::WorkerError;
 use crate::frame::{encode_frame_into, FrameError, PREFIX_LEN};
 use crate::message::{TaskHeader, PAYLOAD_PICKLE};
 use crate::pickle::json_to_pickle;
+use bytes::Bytes;
+use nix::fcntl::{vmsplice, SpliceFFlags};
 use scifaas_protocol::{TaskId, TaskSpec};
 use std::collections::{HashSet, VecDeque};
 use std::io::{IoSlice, Write};
@@ -26,6 +28,17 @@ const DIRECT_PAYLOAD_MAX: usize = 64 << 10;
 /// huge argument does not stay in the manager's memory.
 const KEPT_PICKLE_BUFFER: usize = 2 << 20;
 
+/// Payloads at least this large go into the pipe by `vmsplice`: the pipe takes references
+/// to their pages instead of a copy (the worker's read is then the only copy). The
+/// payload's memory must then stay as it is until the worker has read it, so it is held
+/// with the task until the task's answer ([`Held`]). Below this size a copy costs less
+/// than pinning pages.
+const SPLICE_MIN: usize = 128 << 10;
+
+/// Spare payload buffers kept for re-use, so that a large pickle is not written into
+/// freshly allocated (page-faulting) memory for every task.
+const SPARE_BUFFERS: usize = 2;
+
 /// A task written to the worker and not answered yet.
 pub(crate) struct Written {
     pub task_id: TaskId,
@@ -33,6 +46,16 @@ pub(crate) struct Written {
     pub with_source: bool,
     /// About how many bytes its frame took in the pipe.
     pub frame_len: usize,
+    /// The payload's memory, while the pipe may still refer to it.
+    pub held: Option<Held>,
+}
+
+/// A payload spliced into the pipe, kept unchanged until its task is answered.
+pub(crate) enum Held {
+    /// Its pickle (a buffer re-used once the answer came).
+    Pickle(Vec<u8>),
+    /// Its JSON, as received (a reference kept only so that the bytes stay).
+    Json { _bytes: Bytes },
 }
 
 /// Why a task could not be written.
@@ -68,6 +91,8 @@ pub(crate) struct Input {
     payload_of: Option<(TaskId, bool)>,
     /// The size of the pipe into the worker.
     pub pipe_capacity: usize,
+    /// Buffers of pickles spliced and answered, for the next ones.
+    spare_buffers: Vec<Vec<u8>>,
 }
 
 impl Input {
@@ -80,6 +105,7 @@ impl Input {
             pickled: Vec::new(),
             payload_of: None,
             pipe_capacity,
+            spare_buffers: Vec::new(),
         }
     }
 
@@ -88,13 +114,31 @@ impl Input {
     pub fn write(&mut self, task: &TaskSpec) -> Result<(), WriteFailure> {
         let with_source = !self.known.contains(&task.function.hash);
         let frame_len = self.frame_len(task);
-        self.write_frame(task, with_source)?;
+        let held = self.write_frame(task, with_source)?;
         self.written.push_back(Written {
             task_id: task.task_id,
             with_source,
             frame_len,
+            held,
         });
         Ok(())
+    }
+
+    /// The oldest task written has been answered: the worker read all of its frame.
+    pub fn answered(&mut self) -> Option<Written> {
+        let mut answered = self.written.pop_front()?;
+        self.release(answered.held.take());
+        Some(answered)
+    }
+
+    /// A payload the pipe no longer refers to: its buffer may be written again.
+    pub fn release(&mut self, held: Option<Held>) {
+        if let Some(Held::Pickle(mut buffer)) = held {
+            if self.spare_buffers.len() < SPARE_BUFFERS && buffer.capacity() <= KEPT_PICKLE_BUFFER {
+                buffer.clear();
+                self.spare_buffers.push(buffer);
+            }
+        }
     }
 
     /// About how many bytes `task`'s frame takes in the pipe (at most: the source may not
@@ -135,8 +179,13 @@ impl Input {
         }
     }
 
-    /// Writes one task frame, without noting it.
-    pub fn write_frame(&mut self, task: &TaskSpec, with_source: bool) -> Result<(), WriteFailure> {
+    /// Writes one task frame, without noting it. Answers the payload's memory if it was
+    /// spliced: the caller keeps it until the worker answers the task ([`Input::release`]).
+    pub fn write_frame(
+        &mut self,
+        task: &TaskSpec,
+        with_source: bool,
+    ) -> Result<Option<Held>, WriteFailure> {
         let source: &[u8] = if with_source {
             &task.function.source
         } else {
@@ -170,7 +219,25 @@ impl Input {
         let Some(stdin) = self.stdin.as_mut() else {
             return Err(WriteFailure::Broken);
         };
-        let broke = write_all_vectored(stdin, &[&self.frame, source, payload]).is_err();
+        let splice = payload.len() >= SPLICE_MIN;
+        let broke = if splice {
+            write_all_vectored(stdin, &[&self.frame, source]).is_err()
+                || splice_all(stdin, payload).is_err()
+        } else {
+            write_all_vectored(stdin, &[&self.frame, source, payload]).is_err()
+        };
+        // Even a broken write may have left pages of the payload in the pipe.
+        let held = if !splice {
+            None
+        } else if pickled {
+            let next = self.spare_buffers.pop().unwrap_or_default();
+            self.payload_of = None;
+            Some(Held::Pickle(std::mem::replace(&mut self.pickled, next)))
+        } else {
+            Some(Held::Json {
+                _bytes: task.payload.clone(),
+            })
+        };
         if self.pickled.capacity() > KEPT_PICKLE_BUFFER {
             self.pickled = Vec::new();
             self.payload_of = None;
@@ -180,7 +247,7 @@ impl Input {
             self.stdin = None;
             return Err(WriteFailure::Broken);
         }
-        Ok(())
+        Ok(held)
     }
 
     /// The bytes of the frames written and not answered yet.
@@ -227,6 +294,30 @@ impl WorkerInput {
         }
         input.write(task).is_ok()
     }
+}
+
+/// Puts `bytes` into the pipe `out` by reference to their pages (`vmsplice`): no copy
+/// here, so the caller must not change or free them until the reader has read them.
+/// Where the system refuses `vmsplice` before taking anything (a seccomp filter, a
+/// kernel without it), the bytes are written as usual.
+fn splice_all(mut out: &ChildStdin, mut bytes: &[u8]) -> std::io::Result<()> {
+    use nix::errno::Errno;
+    let mut spliced_any = false;
+    while !bytes.is_empty() {
+        match vmsplice(out, &[IoSlice::new(bytes)], SpliceFFlags::empty()) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                bytes = &bytes[n..];
+                spliced_any = true;
+            }
+            Err(Errno::EINTR) => {}
+            Err(Errno::ENOSYS | Errno::EPERM | Errno::EINVAL) if !spliced_any => {
+                return out.write_all(bytes);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 /// Writes every part, in order, with as few system calls as the pipe allows.

@@ -3,7 +3,7 @@
 use crate::command::{WorkerCommand, WorkerOptions};
 use crate::error::{WorkerError, WorkerExit};
 use crate::frame::{read_exact_vec, read_frame, read_prefix, skip_bytes, FrameError};
-use crate::input::{lock, Input, WorkerInput};
+use crate::input::{lock, Held, Input, WorkerInput};
 use crate::killer::WorkerKiller;
 use crate::message::{ResultHeader, WorkerMessage, WorkerReply};
 use crate::stderr::StderrTail;
@@ -292,7 +292,7 @@ impl Worker {
         let mut reply = self.read_reply(task.task_id)?;
         let (sent_source, more_written) = {
             let mut input = lock(&self.input);
-            let answered = input.written.pop_front();
+            let answered = input.answered();
             (
                 answered.is_some_and(|w| w.with_source),
                 !input.written.is_empty(),
@@ -361,12 +361,19 @@ impl Worker {
 
     /// Sends one task frame and reads its result frame.
     fn exchange(&mut self, task: &TaskSpec, with_source: bool) -> Result<WorkerReply, WorkerError> {
-        self.write_task(task, with_source)?;
-        self.read_reply(task.task_id)
+        let held = self.write_task(task, with_source)?;
+        let reply = self.read_reply(task.task_id);
+        lock(&self.input).release(held);
+        reply
     }
 
-    /// Writes one task frame, not noted as written (the caller reads its answer at once).
-    fn write_task(&mut self, task: &TaskSpec, with_source: bool) -> Result<(), WorkerError> {
+    /// Writes one task frame, not noted as written (the caller reads its answer at once,
+    /// keeping the payload's memory the pipe may refer to until then).
+    fn write_task(
+        &mut self,
+        task: &TaskSpec,
+        with_source: bool,
+    ) -> Result<Option<Held>, WorkerError> {
         let written = lock(&self.input).write_frame(task, with_source);
         written.map_err(|failure| failure.into_error(|| self.died()))
     }

@@ -605,3 +605,64 @@ fn warm_round_trip_micro_measure() {
         in_function as f64 / f64::from(CALLS)
     );
 }
+
+#[test]
+fn large_arguments_spliced_into_the_pipe_arrive_intact_while_the_next_ones_are_encoded() {
+    // Arguments of 160 KiB go into the pipe by reference to their pages, not copied: the
+    // manager must leave that memory alone until the worker has read it. Three are
+    // written behind a task that sleeps, each encoded while the ones before it wait in
+    // the pipe; then each of the rest behind the one before. Reusing an encoding buffer
+    // too early would change what the worker reads. Pickled strings, then JSON the
+    // pickle declines (an integer of 65 bits), which is spliced as it came.
+    let mut worker = spawn();
+    let echo = function(
+        "echo",
+        "import time\ndef echo(s, n=None):\n    time.sleep(0.02 if n is not None else 0.3)\n    return [s, n]\n",
+    );
+    let argument = |i: u64| {
+        let mut x = (i + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        (0..160 << 10)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                char::from(b'a' + (x % 26) as u8)
+            })
+            .collect::<String>()
+    };
+    let tasks: Vec<(TaskSpec, String, String)> = (0..8u64)
+        .map(|i| {
+            let s = argument(i);
+            let n = if i < 5 {
+                i.to_string()
+            } else {
+                ((1u128 << 64) + u128::from(i)).to_string()
+            };
+            let payload = format!(r#"{{"args": ["{s}", {n}]}}"#);
+            (task(&echo, &payload), s, n)
+        })
+        .collect();
+    let sleeper = task(&echo, r#"{"args": ["first"]}"#);
+    let (reply, sent) = worker.run_and_send_ahead(&sleeper, tasks[..3].iter().map(|t| &t.0));
+    assert_eq!(sent, 3, "three written behind the sleeping task");
+    assert_eq!(success(&reply.unwrap()), br#"["first",null]"#);
+    let mut unwritten = 3;
+    for (i, (task, s, n)) in tasks.iter().enumerate() {
+        if unwritten == i {
+            unwritten += 1;
+        }
+        let behind = tasks[unwritten..].iter().map(|t| &t.0);
+        let (reply, sent) = worker.run_and_send_ahead(task, behind);
+        unwritten += sent;
+        let reply = reply.unwrap();
+        assert_eq!(reply.task_id, task.task_id);
+        let body = success(&reply);
+        let expected = format!(r#"["{s}",{n}]"#);
+        assert!(
+            body == expected.as_bytes(),
+            "task {i}: its arguments changed on the way (result of {} bytes, ends {:?})",
+            body.len(),
+            String::from_utf8_lossy(&body[body.len().saturating_sub(40)..])
+        );
+    }
+}
