@@ -309,6 +309,24 @@ mod tests {
         names
     }
 
+    /// Appends `payload` for a row that commits: its segment and offset.
+    fn stored(segments: &mut Segments, payload: &[u8]) -> (i64, i64) {
+        let (id, offset) = segments.append(payload).unwrap();
+        segments.referenced(id);
+        segments.write_kept();
+        segments.sync().unwrap();
+        segments.committed();
+        (id, offset)
+    }
+
+    /// The only row in segment `id` is gone and the segment takes no more appends.
+    fn done_with(segments: &mut Segments, id: i64) {
+        segments.released(id);
+        segments.write_kept();
+        segments.retire_current();
+        segments.committed();
+    }
+
     #[test]
     fn a_segment_goes_once_nobody_refers_to_it_and_it_is_full() {
         let tmp = tempfile::tempdir().unwrap();
@@ -342,24 +360,13 @@ mod tests {
         let dir = segments_dir(tmp.path());
         let mut segments = Segments::open(dir.clone(), HashMap::new()).unwrap();
         // Segment 1 holds a long payload, then nobody refers to it: a spare.
-        let (first, _) = segments.append(&[b'o'; 100]).unwrap();
-        segments.referenced(first);
-        segments.write_kept();
-        segments.sync().unwrap();
-        segments.committed();
-        segments.released(first);
-        segments.write_kept();
-        segments.retire_current();
-        segments.committed();
+        let (first, _) = stored(&mut segments, &[b'o'; 100]);
+        done_with(&mut segments, first);
         assert_eq!(files(&dir), ["00000001.spare"]);
 
         // Segment 2 is that file, renamed and written from its start.
-        let (second, offset) = segments.append(b"new").unwrap();
+        let (second, offset) = stored(&mut segments, b"new");
         assert_eq!((second, offset), (2, 0));
-        segments.referenced(second);
-        segments.write_kept();
-        segments.sync().unwrap();
-        segments.committed();
         assert_eq!(files(&dir), ["00000002.seg"]);
         assert_eq!(read(&dir, 2, 0, 3).unwrap(), b"new");
         assert_eq!(
@@ -371,16 +378,10 @@ mod tests {
         assert!(read(&dir, first, 0, 3).is_err());
 
         // More segments done with than spares are kept: the rest are deleted.
-        segments.released(second);
-        segments.write_kept();
-        segments.retire_current();
-        segments.committed();
+        done_with(&mut segments, second);
         for _ in 0..MAX_SPARES + 2 {
-            let (id, _) = segments.append(b"x").unwrap();
-            segments.referenced(id);
-            segments.write_kept();
+            stored(&mut segments, b"x");
             segments.retire_current();
-            segments.committed();
         }
         let mut held: Vec<i64> = segments.live.keys().copied().collect();
         held.sort();
@@ -399,20 +400,14 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = segments_dir(tmp.path());
         let mut segments = Segments::open(dir.clone(), HashMap::new()).unwrap();
-        let (id, _) = segments.append(b"mine").unwrap();
-        segments.referenced(id);
-        segments.write_kept();
-        segments.committed();
+        let (id, _) = stored(&mut segments, b"mine");
         let path = segment_path(&dir, id);
         let opened = File::open(&path).unwrap();
         assert_eq!(read_while_named(&opened, &path, 0, 4).unwrap(), b"mine");
 
         // Between the reader's open and its read, the task finishes and the file is
         // reused for another task's arguments.
-        segments.released(id);
-        segments.write_kept();
-        segments.retire_current();
-        segments.committed();
+        done_with(&mut segments, id);
         let (other, _) = segments.append(b"else").unwrap();
         assert_ne!(other, id);
         let err = read_while_named(&opened, &path, 0, 4).unwrap_err();
@@ -424,20 +419,14 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = segments_dir(tmp.path());
         let mut segments = Segments::open(dir.clone(), HashMap::new()).unwrap();
-        let (id, _) = segments.append(b"x").unwrap();
-        segments.referenced(id);
-        segments.write_kept();
-        segments.committed();
+        let (id, _) = stored(&mut segments, b"x");
         // As if a payload of more than two segments had gone into it (sparse: cheap).
         let file = OpenOptions::new()
             .write(true)
             .open(segment_path(&dir, id))
             .unwrap();
         file.set_len(MAX_SPARE_BYTES + 1).unwrap();
-        segments.released(id);
-        segments.write_kept();
-        segments.retire_current();
-        segments.committed();
+        done_with(&mut segments, id);
         assert!(files(&dir).is_empty(), "{:?}", files(&dir));
     }
 
