@@ -400,7 +400,7 @@ impl SlotState {
                     // Most likely the pilot is ending: the same signal is on its way to
                     // the manager. Give it a moment, so that the task goes down with the
                     // manager (retried elsewhere) rather than failing here.
-                    stops_within(&self.shared.stopping, JOB_END_GRACE);
+                    await_stopping(&self.shared.stopping, JOB_END_GRACE);
                 }
                 let died = !worker.is_usable();
                 if died {
@@ -501,14 +501,10 @@ fn finished(mut result: TaskResult, running: Option<Transition>) -> TaskResult {
     result
 }
 
-/// Waits up to `grace` for the manager to start stopping; answers whether it did.
-fn stops_within(stopping: &AtomicBool, grace: Duration) -> bool {
+/// Waits up to `grace` for the manager to start stopping (the caller reads the flag).
+fn await_stopping(stopping: &AtomicBool, grace: Duration) {
     let deadline = Instant::now() + grace;
-    while !stopping.load(Ordering::Acquire) {
-        if Instant::now() >= deadline {
-            return false;
-        }
+    while !stopping.load(Ordering::Acquire) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
     }
-    true
 }

@@ -10,10 +10,10 @@
 mod common;
 
 use bytes::Bytes;
-use common::{config, error, Harness};
+use common::{config, error, task, Harness};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use scifaas_protocol::{ErrorKind, FunctionId, FunctionSpec, TaskId, TaskSpec};
+use scifaas_protocol::{ErrorKind, FunctionId, FunctionSpec, TaskSpec};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -35,13 +35,7 @@ fn hold_task(pid_file: &Path) -> TaskSpec {
         container: None,
     };
     let payload = serde_json::json!({"args": [pid_file, 60], "kwargs": {}});
-    TaskSpec {
-        task_id: TaskId::new(),
-        function,
-        payload: Bytes::from(payload.to_string()),
-        walltime_ms: None,
-        retries: 0,
-    }
+    task(&function, &payload.to_string())
 }
 
 /// The pid of the worker running the `hold` task that writes `pid_file`.
@@ -69,11 +63,11 @@ fn a_worker_sigtermed_with_its_manager_leaves_its_task_unreported_and_alone_fail
 
     // Only the worker is signalled: after the grace, its task fails as a worker death.
     let alone = dir.path().join("alone.pid");
-    let task = hold_task(&alone);
-    harness.send_tasks(vec![task.clone()]);
+    let held = hold_task(&alone);
+    harness.send_tasks(vec![held.clone()]);
     kill(worker_pid(&alone), Signal::SIGTERM).unwrap();
     let results = harness.results(1, Duration::from_secs(10));
-    assert_eq!(results[0].task_id, task.task_id);
+    assert_eq!(results[0].task_id, held.task_id);
     let failure = error(&results[0]);
     assert_eq!(failure.kind, ErrorKind::WorkerDied, "{failure:?}");
     assert!(failure.message.contains("signal 15"), "{failure:?}");

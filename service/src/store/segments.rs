@@ -30,7 +30,7 @@
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 /// Payloads up to this size are stored in the database row; larger ones in a segment.
@@ -83,20 +83,15 @@ pub(super) fn read(dir: &Path, segment: i64, offset: i64, length: i64) -> io::Re
     read_while_named(&file, &path, offset, length)
 }
 
-/// Reads from `file`, opened as `path`, and answers the bytes only if `path` still names
-/// that file afterwards. A segment done with is renamed before it is written over as
-/// another, so while the name holds, what was read is the segment's own; a task that
-/// finished meanwhile must not be sent with another task's arguments.
+/// Reads from `file`, opened as `path`, and answers the bytes only if `path` still exists
+/// afterwards. A segment done with is renamed before it is written over as another, and
+/// a segment's number is never given twice, so while the name is there, what was read
+/// is the segment's own; a task that finished meanwhile must not be sent with another
+/// task's arguments.
 fn read_while_named(file: &File, path: &Path, offset: u64, length: usize) -> io::Result<Vec<u8>> {
     let mut bytes = vec![0u8; length];
     file.read_exact_at(&mut bytes, offset)?;
-    let (read, named) = (file.metadata()?, std::fs::metadata(path)?);
-    if (read.dev(), read.ino()) != (named.dev(), named.ino()) {
-        return Err(io::Error::new(
-            io::ErrorKind::NotFound,
-            "the segment was reused while it was read",
-        ));
-    }
+    std::fs::metadata(path)?;
     Ok(bytes)
 }
 
