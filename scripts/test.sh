@@ -35,8 +35,8 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 step "cargo test"
 cargo test --workspace --quiet
 
-step "python tests (worker, SDK)"
+step "python tests (worker, SDK, benchmark tables)"
 cargo build --quiet -p scifaas
-SCIFAAS_BIN="$PWD/target/debug/scifaas" "$python" -m pytest -q worker/python sdk/python/tests
+SCIFAAS_BIN="$PWD/target/debug/scifaas" "$python" -m pytest -q worker/python sdk/python/tests bench
 
 step "all tests passed"
