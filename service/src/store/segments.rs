@@ -304,6 +304,15 @@ mod tests {
         names
     }
 
+    /// Segments opened in an empty directory (kept while the first item lives): the
+    /// directory's path and the segments.
+    fn empty_segments() -> (tempfile::TempDir, PathBuf, Segments) {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = segments_dir(tmp.path());
+        let segments = Segments::open(dir.clone(), HashMap::new()).unwrap();
+        (tmp, dir, segments)
+    }
+
     /// Appends `payload` for a row that commits: its segment and offset.
     fn stored(segments: &mut Segments, payload: &[u8]) -> (i64, i64) {
         let (id, offset) = segments.append(payload).unwrap();
@@ -324,9 +333,7 @@ mod tests {
 
     #[test]
     fn a_segment_goes_once_nobody_refers_to_it_and_it_is_full() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = segments_dir(tmp.path());
-        let mut segments = Segments::open(dir.clone(), HashMap::new()).unwrap();
+        let (_tmp, dir, mut segments) = empty_segments();
         let (a, at) = segments.append(b"hello").unwrap();
         segments.referenced(a);
         segments.write_kept();
@@ -351,9 +358,7 @@ mod tests {
 
     #[test]
     fn the_next_segment_is_a_spare_written_over_and_spares_are_capped() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = segments_dir(tmp.path());
-        let mut segments = Segments::open(dir.clone(), HashMap::new()).unwrap();
+        let (_tmp, dir, mut segments) = empty_segments();
         // Segment 1 holds a long payload, then nobody refers to it: a spare.
         let (first, _) = stored(&mut segments, &[b'o'; 100]);
         done_with(&mut segments, first);
@@ -392,9 +397,7 @@ mod tests {
 
     #[test]
     fn bytes_read_while_the_segment_became_another_are_refused() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = segments_dir(tmp.path());
-        let mut segments = Segments::open(dir.clone(), HashMap::new()).unwrap();
+        let (_tmp, dir, mut segments) = empty_segments();
         let (id, _) = stored(&mut segments, b"mine");
         let path = segment_path(&dir, id);
         let opened = File::open(&path).unwrap();
@@ -411,9 +414,7 @@ mod tests {
 
     #[test]
     fn a_segment_a_huge_payload_made_huge_is_not_kept() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = segments_dir(tmp.path());
-        let mut segments = Segments::open(dir.clone(), HashMap::new()).unwrap();
+        let (_tmp, dir, mut segments) = empty_segments();
         let (id, _) = stored(&mut segments, b"x");
         // As if a payload of more than two segments had gone into it (sparse: cheap).
         let file = OpenOptions::new()
@@ -427,9 +428,7 @@ mod tests {
 
     #[test]
     fn a_rolled_back_write_changes_no_count() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = segments_dir(tmp.path());
-        let mut segments = Segments::open(dir.clone(), HashMap::new()).unwrap();
+        let (_tmp, dir, mut segments) = empty_segments();
         let (a, _) = segments.append(b"x").unwrap();
         segments.referenced(a);
         segments.write_kept();
